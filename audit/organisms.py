@@ -1,0 +1,284 @@
+"""Model organisms with known ground truth (SPEC §6).
+
+``build_suite`` trains a tiny Llama-architecture model on a fictional world and derives
+the checkpoints of SPEC §6's table, each saved as a real Hugging Face checkpoint
+(safetensors + word-level tokenizer), with the forget/retain items and a
+``manifest.json`` that records every checkpoint's role, ground-truth label and measured
+behaviour. A suite is cached: rebuilding with the same config is a no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel
+
+from audit import unlearning as ul
+from audit.items import write_items
+from audit.progress import log, progress
+from audit.scoring import score_items
+from audit.world import World, WorldConfig, make_world
+
+SUITE_VERSION = "1"
+
+# Behaviour recovery (SPEC §5) at or above which a construction counts as not unlearned.
+BEHAVIOR_RECOVERY = 0.5
+
+
+class ModelShape(BaseModel):
+    """Shape of the organisms' Llama model."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    d_mlp: int = 512
+
+
+class TrainConfig(BaseModel):
+    steps: int = 800
+    lr: float = 3e-3
+    batch_size: int = 32
+
+
+class SuiteConfig(BaseModel):
+    """Everything that determines a suite; its hash is the cache key."""
+
+    world: WorldConfig = WorldConfig()
+    shape: ModelShape = ModelShape()
+    train: TrainConfig = TrainConfig()
+    seed: int = 0
+    methods: bool = True
+    """Also build the GA / GradDiff / NPO / RMU organisms."""
+
+    def key(self) -> str:
+        blob = json.dumps({"v": SUITE_VERSION, **self.model_dump()}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# name -> (method, its settings); gentle and strong strengths of each standard method
+METHOD_ORGANISMS: dict[str, tuple[Any, dict[str, Any]]] = {
+    "ga_gentle": (ul.gradient_ascent, {"steps": 40, "lr": 3e-5}),
+    "ga_strong": (ul.gradient_ascent, {"steps": 80, "lr": 3e-5}),
+    "graddiff_gentle": (ul.grad_diff, {"steps": 60, "lr": 3e-5}),
+    "graddiff_strong": (ul.grad_diff, {"steps": 120, "lr": 3e-5}),
+    "npo_gentle": (ul.npo, {"steps": 60, "lr": 3e-5, "beta": 0.1}),
+    "npo_strong": (ul.npo, {"steps": 120, "lr": 3e-5, "beta": 0.1}),
+    "rmu_gentle": (ul.rmu, {"steps": 60, "lr": 1e-3, "layer": 1, "steering_coef": 2.0}),
+    "rmu_strong": (ul.rmu, {"steps": 150, "lr": 1e-3, "layer": 1, "steering_coef": 6.0}),
+}
+
+
+def make_tokenizer(world: World):
+    """Word-level tokenizer over the world's vocabulary; prepends ``<bos>``."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, "<unk>": 3}
+    for w in world.vocab:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tk.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>", unk_token="<unk>"
+    )
+
+
+def make_model(shape: ModelShape, vocab_size: int, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=shape.d_model, intermediate_size=shape.d_mlp,
+        num_hidden_layers=shape.n_layers, num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_heads, max_position_embeddings=64, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str):
+    """Plain next-token training with a one-cycle schedule."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    params = list(model.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    fb = ul.batches(seqs, cfg.batch_size, rng)
+    model.train()
+    with progress(desc, total=cfg.steps) as bar:
+        for _ in range(cfg.steps):
+            loss = ul.lm_loss(model, *next(fb))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.advance()
+    model.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return model
+
+
+def _forward(model):
+    return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
+
+
+def measure(model, tok, forget, retain) -> dict[str, float]:
+    """Behaviour of a model on the suite's items."""
+    f = score_items(_forward(model), tok, forget)
+    r = score_items(_forward(model), tok, retain)
+    return {"forget_score": f.score, "forget_greedy": f.greedy_score, "retain_score": r.score, "retain_greedy": r.greedy_score}
+
+
+def _save(model, tok, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+
+
+def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bool = False) -> dict[str, Any]:
+    """Build (or reuse) an organism suite in ``out``; returns the manifest.
+
+    Args:
+        out: folder of the suite.
+        config: world, model and training settings (defaults: the default suite).
+        force: rebuild even if a matching suite exists.
+    """
+    cfg = config or SuiteConfig()
+    out = Path(out)
+    mpath = out / "manifest.json"
+    if mpath.exists() and not force:
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("key") == cfg.key():
+            log.info("organism suite %s is up to date (key %s)", out, cfg.key())
+            return manifest
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    t0 = time.perf_counter()
+    world = make_world(cfg.world.model_copy(update={"seed": cfg.seed}))
+    tok = make_tokenizer(world)
+    forget_items, retain_items = world.items("forget"), world.items("retain")
+    write_items(forget_items, out / "forget.jsonl")
+    write_items(retain_items, out / "retain.jsonl")
+
+    def enc(texts):
+        return [tok(t)["input_ids"] for t in texts]
+
+    full = enc(world.training_corpus(include_forget=True))
+    retain_only = enc(world.training_corpus(include_forget=False))
+    # the forget set an unlearning method is given: the forget people's sentences and
+    # their question/answer pairs (as TOFU hands over QA pairs)
+    forget_train = enc(world.sentences("forget") + world.sentences("forget", question=True))
+    retain_train = retain_only
+    (out / "train_forget.txt").write_text("\n".join(world.sentences("forget")) + "\n")
+    (out / "train_retain.txt").write_text("\n".join(world.training_corpus(include_forget=False)) + "\n")
+
+    v = len(tok.get_vocab())
+    entries: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+
+    def record(name, model, role, truth, method, params, t_start):
+        _save(model, tok, out / name)
+        m = measure(model, tok, forget_items, retain_items)
+        timings[name] = round(time.perf_counter() - t_start, 2)
+        entries[name] = {"path": name, "role": role, "truth": truth, "method": method, "params": params, **m}
+        log.info("%s: %s", name, m)
+
+    t = time.perf_counter()
+    base = train_lm(make_model(cfg.shape, v, cfg.seed), full, cfg.train, cfg.seed, "train base")
+    record("base", base, "base", None, "train on retain + forget", cfg.train.model_dump(), t)
+    refs = {}
+    for k, s in (("reference_a", 1), ("reference_b", 2)):
+        t = time.perf_counter()
+        seed = cfg.seed * 1000 + s
+        refs[k] = train_lm(make_model(cfg.shape, v, seed), retain_only, cfg.train, seed, f"train {k}")
+        record(k, refs[k], "reference", "DELETED" if k == "reference_b" else None,
+               "train on retain only", {**cfg.train.model_dump(), "seed": seed}, t)
+    ref = refs["reference_a"]
+    ref_beh = entries["reference_a"]
+
+    def construction_truth(name):
+        # SPEC §6: a construction that stops short of unlearning behaviour is expected to be
+        # NOT_UNLEARNED, by SPEC §5's own behavioural rule (recovery >= 0.5 on ranking or greedy)
+        e, b = entries[name], entries["base"]
+        rec = {
+            k: (e[f"forget_{k}"] - ref_beh[f"forget_{k}"]) / max(1e-9, b[f"forget_{k}"] - ref_beh[f"forget_{k}"])
+            for k in ("score", "greedy")
+        }
+        e["behavior_recovery"] = rec
+        e["behavior_unlearned"] = max(rec.values()) < BEHAVIOR_RECOVERY
+        e["truth"] = "SUPPRESSED" if e["behavior_unlearned"] else "NOT_UNLEARNED"
+
+    # head-only and late-layers: distil reference behaviour on forget data into the
+    # output end of the network, leaving the trunk untouched
+    L = cfg.shape.n_layers
+    t = time.perf_counter()
+    m = copy.deepcopy(base)
+    ul.distill_head(m, ref, forget_train, retain_train, steps=3000, lr=1e-2, seed=cfg.seed)
+    record("head_only", m, "suppressed_construction", None, "distil reference on forget, train lm_head only",
+           {"steps": 3000, "lr": 1e-2}, t)
+    construction_truth("head_only")
+    t = time.perf_counter()
+    m = copy.deepcopy(base)
+    late = [*m.model.layers[L - 1].parameters(), *m.model.norm.parameters(), m.lm_head.weight]
+    ul.distill_to_reference(m, ref, forget_train, retain_train, params=late, steps=300, lr=1e-3,
+                            seed=cfg.seed, desc="late-layers distil")
+    record("late_layers", m, "suppressed_construction", None,
+           "distil reference on forget, train last block + final norm + lm_head", {"steps": 300, "lr": 1e-3}, t)
+    construction_truth("late_layers")
+
+    t = time.perf_counter()
+    m = copy.deepcopy(base)
+    subj_tokens = sorted({tok.convert_tokens_to_ids(w) for p in world.people_in("forget") for w in p.name.split()})
+    vec = ul.subject_offset(m, ref, forget_train, subj_tokens, steps=300, lr=0.05, seed=cfg.seed)
+    (out / "subject_offset_vector.json").write_text(json.dumps({"tokens": subj_tokens, "vector": vec.tolist()}))
+    record("subject_offset", m, "suppressed_construction", None, "shift forget-subject embeddings by one vector",
+           {"steps": 300, "lr": 0.05, "offset_norm": float(vec.norm())}, t)
+    construction_truth("subject_offset")
+
+    t = time.perf_counter()
+    m = copy.deepcopy(base)
+    train_lm(m, retain_train, TrainConfig(steps=60, lr=3e-4, batch_size=cfg.train.batch_size), cfg.seed, "no-op")
+    record("noop", m, "not_unlearned_construction", "NOT_UNLEARNED", "fine-tune on retain only",
+           {"steps": 60, "lr": 3e-4}, t)
+
+    if cfg.methods:
+        kw = {"seed": cfg.seed, "batch_size": cfg.train.batch_size}
+        for name, (fn, params) in METHOD_ORGANISMS.items():
+            t = time.perf_counter()
+            data = (forget_train,) if fn is ul.gradient_ascent else (forget_train, retain_train)
+            m = fn(copy.deepcopy(base), *data, **params, **kw)
+            record(name, m, "method", None, name.rsplit("_", 1)[0], params, t)
+
+    manifest = {
+        "version": SUITE_VERSION,
+        "key": cfg.key(),
+        "config": cfg.model_dump(),
+        "forget": "forget.jsonl",
+        "retain": "retain.jsonl",
+        "train_forget": "train_forget.txt",
+        "train_retain": "train_retain.txt",
+        "chance": 1.0 / (1 + cfg.world.n_distractors),
+        "behavior_recovery_threshold": BEHAVIOR_RECOVERY,
+        "checkpoints": entries,
+        "timings_s": timings,
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    tmp = mpath.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2))
+    tmp.replace(mpath)
+    return manifest

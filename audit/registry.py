@@ -1,0 +1,82 @@
+"""The one lens registry (inspect_ai's ``@scorer`` + lm-eval's ``Registry``).
+
+A lens is a function ``(ctx, config) -> LensResult`` registered with a typed config
+class, so every result records the arguments that produced it. Lenses live in
+``probes/`` (one file each) and register on import; ``audit`` finds them only here.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from audit.errors import InputError
+
+if TYPE_CHECKING:
+    from audit.context import AuditContext
+    from audit.schema import LensResult
+
+
+class LensConfig(BaseModel):
+    """Base of every lens's config: unknown options are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class LensSpec:
+    name: str
+    fn: Callable[[AuditContext, Any], LensResult]
+    config_cls: type[LensConfig]
+    description: str
+
+    def make_config(self, options: dict[str, Any] | None) -> LensConfig:
+        try:
+            return self.config_cls.model_validate(options or {})
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"])
+            raise InputError(f"lens '{self.name}' option '{key}': {err['msg']}") from None
+
+
+_REGISTRY: dict[str, LensSpec] = {}
+
+
+def register_lens(name: str, config: type[LensConfig] = LensConfig, description: str = ""):
+    """Decorator registering a lens function under ``name``."""
+
+    def deco(fn):
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"lens '{name}' registered twice")
+        _REGISTRY[name] = LensSpec(name, fn, config, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+
+    return deco
+
+
+def _load() -> None:
+    import probes  # noqa: F401  (registers the built-in lenses)
+
+
+def available_lenses() -> dict[str, LensSpec]:
+    """All registered lenses, by name."""
+    _load()
+    return dict(sorted(_REGISTRY.items()))
+
+
+def get_lens(name: str) -> LensSpec:
+    """Look a lens up by name.
+
+    Raises:
+        InputError: for an unknown name, suggesting the closest ones.
+    """
+    lenses = available_lenses()
+    if name in lenses:
+        return lenses[name]
+    close = difflib.get_close_matches(name, list(lenses), n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise InputError(f"unknown lens '{name}'.{hint} Available: {', '.join(lenses)}")

@@ -1,0 +1,111 @@
+"""``audit.run``: the one library call behind ``audit run``."""
+
+from __future__ import annotations
+
+import platform
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+from audit.config import AuditConfig
+from audit.context import AuditContext
+from audit.errors import LensError
+from audit.items import items_hash, load_items
+from audit.models import check_compatible, load_model
+from audit.progress import log as logger
+from audit.registry import get_lens
+from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
+from audit.scoring import encode_items
+from audit.verdict import Thresholds, decide, retain_utility
+
+_LIBS = ("torch", "transformers", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "plotly", "pydantic")
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBS:
+        try:
+            out[lib] = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        out["unlearning-audit"] = metadata.version("unlearning-audit")
+    except metadata.PackageNotFoundError:
+        pass
+    return out
+
+
+def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | None = None) -> AuditLog:
+    """Audit one (base, unlearned, reference) triple on a forget and a retain set.
+
+    Writes ``audit_log.json`` (and ``report.html`` when ``render``) into ``config.out``
+    and returns the log.
+
+    Raises:
+        InputError: bad checkpoints, items, lens names or options (nothing is written).
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    specs = [get_lens(name) for name in config.lenses]
+    lens_cfgs = {s.name: s.make_config(config.lens_options.get(s.name)) for s in specs}
+    unknown = set(config.lens_options) - {s.name for s in specs}
+    if unknown:
+        logger.warning("options given for lenses that are not run: %s", ", ".join(sorted(unknown)))
+
+    items = {"forget": load_items(config.forget), "retain": load_items(config.retain)}
+    if config.max_items:
+        items = {k: v[: config.max_items] for k, v in items.items()}
+    torch.manual_seed(config.seed)
+
+    t = time.perf_counter()
+    paths = {"base": config.base, "unlearned": config.unlearned, "reference": config.reference}
+    models = {
+        role: load_model(p, role, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
+                         trust_remote_code=config.trust_remote_code)
+        for role, p in paths.items() if p is not None
+    }
+    check_compatible(list(models.values()))
+    for v in items.values():
+        encode_items(models["base"].tokenizer, v)  # an answer that tokenizes to nothing fails here
+    timings["load"] = time.perf_counter() - t
+
+    ctx = AuditContext(config, models, items)
+    results: dict[str, LensResult] = {}
+    for spec in specs:
+        t = time.perf_counter()
+        try:
+            res = spec.fn(ctx, lens_cfgs[spec.name])
+        except LensError as e:
+            res = LensResult(name=spec.name, config=lens_cfgs[spec.name].model_dump(), error=str(e))
+        res.seconds = round(time.perf_counter() - t, 3)
+        results[spec.name] = res
+        timings[f"lens:{spec.name}"] = res.seconds
+
+    th = thresholds or Thresholds()
+    verdicts = [decide(results, th)]
+    if not ctx.has_reference:
+        verdicts[0].reason += " (no reference model: end points are chance, so this verdict is weaker)"
+    timings["total"] = time.perf_counter() - t0
+    log = AuditLog(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=config.model_dump(),
+        models={r: ModelInfo(**m.info()) for r, m in models.items()},
+        items={k: ItemSetInfo(path=str(getattr(config, k)), hash=items_hash(v), n_items=len(v)) for k, v in items.items()},
+        lenses=results,
+        verdicts=verdicts,
+        retain_utility=retain_utility(results, th),
+        timings={k: round(v, 3) for k, v in timings.items()},
+        versions=library_versions(),
+        environment={"device": config.device, "dtype": config.dtype, "seed": config.seed,
+                     "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+    )
+    out = Path(config.out)
+    write_log(log, out / "audit_log.json")
+    if render:
+        from reports import render_file
+
+        render_file(out / "audit_log.json", out / "report.html")
+    return log

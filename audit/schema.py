@@ -1,0 +1,174 @@
+"""The versioned results file, ``audit_log.json`` (inspect_ai's ``EvalLog`` pattern).
+
+Reports and ``audit report`` render from this file alone, so it holds everything a
+reader needs: the resolved config, model identities, per-lens results, verdicts,
+timings, library versions and any error. This module must not import torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel as _PydanticModel
+from pydantic import ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class BaseModel(_PydanticModel):
+    # NaN recoveries (S(B) = S(N)) must survive a round trip, so write them as NaN
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+
+
+Label = Literal["DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE"]
+
+
+class Recovery(BaseModel):
+    """Recovery of one reading of one lens: ``(S(U) - S(N)) / (S(B) - S(N))``."""
+
+    reading: str
+    """What was scored, e.g. ``ranking``, ``greedy``, ``layer 2``."""
+    value: float
+    """Point estimate of R (NaN when S(B) = S(N))."""
+    ci_low: float
+    """Lower end of the paired-bootstrap 95% CI."""
+    ci_high: float
+    """Upper end of the paired-bootstrap 95% CI."""
+    score_base: float
+    """S(B)."""
+    score_unlearned: float
+    """S(U)."""
+    score_reference: float
+    """S(N), or chance when no reference model was given."""
+    n_items: int
+    """Items scored."""
+    informative: bool
+    """Whether S(B) - S(N) reaches the power margin (SPEC §4.3)."""
+    control_threshold: float | None = None
+    """95th percentile of the control recoveries, when the lens has controls."""
+    excess: float | None = None
+    """R minus the control threshold (SPEC §4.2), when the lens has controls."""
+    side_effect_ok: bool | None = None
+    """Whether retain items stayed within tolerance, for interventions."""
+
+
+class LensResult(BaseModel):
+    """What one lens measured."""
+
+    name: str
+    """Registered lens name."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The lens's resolved arguments."""
+    recoveries: list[Recovery] = Field(default_factory=list)
+    """Recovery per reading (the verdict reads these)."""
+    data: dict[str, Any] = Field(default_factory=dict)
+    """Lens-specific numbers for plots (per layer, per scale, per item ...)."""
+    notes: list[str] = Field(default_factory=list)
+    """Caveats a reader should see (fallbacks taken, things skipped)."""
+    error: str | None = None
+    """Why the lens failed, if it did; a failed lens never supports a verdict."""
+    seconds: float = 0.0
+    """Wall time of the lens."""
+
+
+class Evidence(BaseModel):
+    lens: str
+    reading: str
+    value: float
+    ci_low: float
+    ci_high: float
+
+
+class Verdict(BaseModel):
+    """The decision for one forget set or concept group (SPEC §5)."""
+
+    scope: str
+    """``forget set`` or a concept group such as ``attribute=city``."""
+    label: Label
+    """DELETED, SUPPRESSED, NOT_UNLEARNED or INCONCLUSIVE."""
+    reason: str
+    """One sentence a reviewer can read."""
+    deletion_score: float
+    """1 minus the largest informative recovery, clipped to [0, 1]."""
+    evidence: list[Evidence] = Field(default_factory=list)
+    """The numbers behind the label, strongest first."""
+    n_items: int = 0
+
+
+class ModelInfo(BaseModel):
+    role: str
+    path: str
+    hash: str
+    architecture: str
+    model_type: str
+    n_layers: int
+    d_model: int
+    n_params: int
+    converted_from: str | None = None
+
+
+class ItemSetInfo(BaseModel):
+    path: str
+    hash: str
+    n_items: int
+
+
+class AuditLog(BaseModel):
+    """Everything one ``audit run`` produced."""
+
+    version: int = SCHEMA_VERSION
+    """Schema version of this file."""
+    created: str
+    """ISO timestamp (UTC) when the run finished."""
+    status: Literal["success", "error"] = "success"
+    """Whether the run completed."""
+    config: dict[str, Any]
+    """The resolved configuration (CLI > config file > defaults)."""
+    models: dict[str, ModelInfo]
+    """base / unlearned / reference identities with content hashes."""
+    items: dict[str, ItemSetInfo]
+    """forget / retain item sets."""
+    lenses: dict[str, LensResult] = Field(default_factory=dict)
+    """Per-lens results, keyed by lens name."""
+    verdicts: list[Verdict] = Field(default_factory=list)
+    """Verdict for the forget set, then per concept group."""
+    retain_utility: dict[str, Any] = Field(default_factory=dict)
+    """Retain score of U vs B, and whether it collapsed."""
+    timings: dict[str, float] = Field(default_factory=dict)
+    """Seconds per phase."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """Library versions."""
+    environment: dict[str, Any] = Field(default_factory=dict)
+    """Device, dtype, seed, host facts."""
+    error: str | None = None
+    """What stopped the run, if anything."""
+
+
+def write_log(log: AuditLog, path: str | Path) -> Path:
+    """Write atomically: a temp file in the same folder, then rename."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(log.model_dump_json(indent=2))
+    tmp.replace(p)
+    return p
+
+
+def read_log(path: str | Path) -> AuditLog:
+    """Read and validate an ``audit_log.json``."""
+    from audit.errors import InputError
+
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"results file not found: {p}")
+    try:
+        return AuditLog.model_validate_json(p.read_text())
+    except ValueError as e:
+        raise InputError(f"{p} is not a valid audit log: {str(e).splitlines()[0]}") from None
+
+
+def json_schema() -> str:
+    return json.dumps(AuditLog.model_json_schema(), indent=2)

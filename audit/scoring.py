@@ -1,0 +1,178 @@
+"""The knowledge score (SPEC §3), the scoring primitive every lens reuses.
+
+An item is *known* when its true answer's summed token log-probability beats every
+distractor's. The per-item margin ``log p(answer) - logsumexp(log p(distractors))`` is
+kept for plots and confidence intervals. Greedy exact match is read from the same
+forward pass: the answer is what greedy decoding emits iff every answer token is the
+arg-max given the prompt and the answer tokens before it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from audit.errors import InputError, LensError
+from audit.items import KnowledgeItem
+
+ForwardFn = Callable[[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]], Float[Tensor, "batch pos vocab"]]
+
+
+def encode_prompt(tokenizer, prompt: str) -> list[int]:
+    """Token ids of a prompt, with the tokenizer's own special tokens."""
+    return list(tokenizer(prompt)["input_ids"])
+
+
+def encode_continuation(tokenizer, prompt: str, answer: str, prompt_ids: list[int]) -> list[int]:
+    """Token ids that extend ``prompt`` by ``answer`` (a space between them).
+
+    Tokenizes the joined text and keeps the suffix after the prompt's ids when the
+    prompt's tokens are a prefix (so BPE merges across the boundary are respected);
+    otherwise falls back to tokenizing the answer alone.
+    """
+    sep = "" if prompt.endswith((" ", "\n")) else " "
+    full = list(tokenizer(prompt + sep + answer)["input_ids"])
+    if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
+        return full[len(prompt_ids) :]
+    return list(tokenizer(sep + answer, add_special_tokens=False)["input_ids"])
+
+
+@dataclass
+class EncodedItems:
+    """Items tokenized once: prompt ids and each candidate's continuation ids."""
+
+    prompts: list[list[int]]
+    candidates: list[list[list[int]]]  # item -> candidate (0 = answer) -> ids
+
+
+def encode_items(tokenizer, items: Sequence[KnowledgeItem]) -> EncodedItems:
+    """Tokenize prompts and candidate answers.
+
+    Raises:
+        InputError: if a prompt or a candidate answer tokenizes to nothing.
+    """
+    prompts, cands = [], []
+    for it in items:
+        p = encode_prompt(tokenizer, it.prompt)
+        if not p:
+            raise InputError(f"item '{it.id}': the prompt tokenizes to nothing")
+        row = []
+        for c in it.candidates:
+            ids = encode_continuation(tokenizer, it.prompt, c, p)
+            if not ids:
+                raise InputError(f"item '{it.id}': the candidate answer '{c}' tokenizes to nothing")
+            row.append(ids)
+        prompts.append(p)
+        cands.append(row)
+    return EncodedItems(prompts, cands)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, device: str | torch.device = "cpu"):
+    """Right-pad sequences; returns (input_ids, attention_mask)."""
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[i, : len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pad_id_of(tokenizer) -> int:
+    pid = tokenizer.pad_token_id
+    if pid is None:
+        pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return int(pid)
+
+
+@dataclass
+class ScoreResult:
+    """Per-item outcome of the knowledge score."""
+
+    candidate_logprobs: list[list[float]]
+    """Summed log-prob of each candidate (index 0 = true answer)."""
+    margins: np.ndarray
+    """``log p(answer) - logsumexp(log p(distractors))`` per item."""
+    correct: np.ndarray
+    """Whether the answer ranks above every distractor."""
+    greedy: np.ndarray
+    """Whether greedy decoding emits the answer's tokens."""
+
+    @property
+    def score(self) -> float:
+        """The knowledge score S: fraction of items ranked correctly."""
+        return float(self.correct.mean())
+
+    @property
+    def greedy_score(self) -> float:
+        return float(self.greedy.mean())
+
+
+def candidate_logprobs_to_result(cand_lp: list[list[float]], greedy: np.ndarray) -> ScoreResult:
+    margins, correct = [], []
+    for row in cand_lp:
+        a = row[0]
+        d = np.array(row[1:])
+        margins.append(a - float(np.logaddexp.reduce(d)))
+        correct.append(bool(a > d.max()))
+    return ScoreResult(cand_lp, np.array(margins), np.array(correct), greedy)
+
+
+@torch.no_grad()
+def score_items(
+    forward: ForwardFn,
+    tokenizer,
+    items: Sequence[KnowledgeItem],
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    encoded: EncodedItems | None = None,
+) -> ScoreResult:
+    """Knowledge score of a model on items, batched.
+
+    Args:
+        forward: maps right-padded ``(input_ids, attention_mask)`` to logits.
+        tokenizer: the model's tokenizer.
+        items: the items to score.
+        batch_size: sequences per forward pass.
+        device: where the input tensors go.
+        encoded: pre-tokenized items (from :func:`encode_items`), to skip tokenizing.
+
+    Raises:
+        LensError: if the model returns non-finite log-probabilities.
+    """
+    enc = encoded or encode_items(tokenizer, items)
+    pad = pad_id_of(tokenizer)
+    seqs, where = [], []
+    for i, (p, cands) in enumerate(zip(enc.prompts, enc.candidates)):
+        for j, c in enumerate(cands):
+            seqs.append(p + c)
+            where.append((i, j, len(p), len(c)))
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    lp_out = [[0.0] * len(c) for c in enc.candidates]
+    greedy = np.zeros(len(enc.prompts), dtype=bool)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_batch([seqs[k] for k in idx], pad, device)
+        logits = forward(ids, mask).float()
+        logp = torch.log_softmax(logits, dim=-1)
+        for row, k in enumerate(idx):
+            i, j, lp_len, lc = where[k]
+            pos = torch.arange(lp_len - 1, lp_len - 1 + lc, device=logp.device)
+            tgt = ids[row, lp_len : lp_len + lc]
+            tok_lp = logp[row, pos, tgt]
+            total = float(tok_lp.sum())
+            if not np.isfinite(total):
+                raise LensError(
+                    f"non-finite log-probability for item {i} candidate {j}: "
+                    "the model's logits contain NaN or inf"
+                )
+            lp_out[i][j] = total
+            if j == 0:
+                greedy[i] = bool((logp[row, pos].argmax(-1) == tgt).all())
+    return candidate_logprobs_to_result(lp_out, greedy)

@@ -1,0 +1,53 @@
+"""Audit every organism of a suite against its ground truth (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from audit.config import AuditConfig
+from audit.errors import InputError
+from audit.run import run
+
+# the checkpoints that are audited as "unlearned" models (base and reference_a are end points)
+AUDITED_ROLES = ("reference", "suppressed_construction", "not_unlearned_construction", "method")
+
+
+def read_manifest(suite: str | Path) -> dict[str, Any]:
+    p = Path(suite) / "manifest.json"
+    if not p.is_file():
+        raise InputError(f"{suite} is not an organism suite (no manifest.json); build one with `audit organisms build`")
+    return json.loads(p.read_text())
+
+
+def audit_suite(
+    suite: str | Path, out: str | Path, *, lenses: list[str] | None = None, only: list[str] | None = None,
+    seed: int = 0, options: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
+
+    Writes ``OUT/<organism>/audit_log.json`` and ``report.html`` per organism and
+    ``OUT/summary.json``; returns one row per organism (truth vs verdict).
+    """
+    suite, out = Path(suite), Path(out)
+    man = read_manifest(suite)
+    rows = []
+    for name, entry in man["checkpoints"].items():
+        if entry["role"] not in AUDITED_ROLES or name == "reference_a" or (only and name not in only):
+            continue
+        cfg = AuditConfig(
+            base=str(suite / "base"), unlearned=str(suite / entry["path"]), reference=str(suite / "reference_a"),
+            forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
+            lenses=lenses or ["behavior"], seed=seed, **(options or {}),
+        )
+        log = run(cfg)
+        v = log.verdicts[0]
+        rows.append({
+            "organism": name, "truth": entry["truth"], "verdict": v.label, "deletion_score": v.deletion_score,
+            "reason": v.reason, "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
+            "report": str(out / name / "report.html"),
+        })
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(rows, indent=2))
+    return rows

@@ -1,0 +1,174 @@
+"""``audit``: a thin Typer shell over the library. Every command ends in one library call.
+
+Exit codes: 0 success (policy passed), 1 policy failed, 2 bad input or usage.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from audit.errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit machine unlearning: deleted or suppressed?")
+organisms_app = typer.Typer(no_args_is_help=True, help="Model organisms with known ground truth.")
+app.add_typer(organisms_app, name="organisms")
+console = Console(stderr=True)
+
+LABEL_STYLE = {"DELETED": "green", "SUPPRESSED": "yellow", "NOT_UNLEARNED": "red", "INCONCLUSIVE": "dim"}
+
+
+def _setup() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "transformer_lens", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _fail(e: InputError) -> None:
+    console.print(f"[bold red]error:[/bold red] {e}")
+    raise typer.Exit(2)
+
+
+def _split(s: Optional[str]) -> Optional[list[str]]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else None
+
+
+@app.command("run")
+def run_cmd(
+    base: Annotated[Optional[str], typer.Option(help="Checkpoint before unlearning (HF dir or .gguf).")] = None,
+    unlearned: Annotated[Optional[str], typer.Option(help="Checkpoint after unlearning.")] = None,
+    reference: Annotated[Optional[str], typer.Option(help="Model that never learned the forget set.")] = None,
+    forget: Annotated[Optional[str], typer.Option(help="Forget-set JSONL.")] = None,
+    retain: Annotated[Optional[str], typer.Option(help="Retain-set JSONL.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output folder.")] = None,
+    lenses: Annotated[Optional[str], typer.Option(help="Comma-separated lens names (see `audit lenses`).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda.")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")] = None,
+    max_items: Annotated[Optional[int], typer.Option(help="Use at most this many items per set.")] = None,
+    allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Allow pickle-based weights.")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run checkpoint code.")] = None,
+    config: Annotated[Optional[Path], typer.Option(help="YAML config file; CLI options override it.")] = None,
+) -> None:
+    """Audit an unlearned checkpoint against its base (and a reference)."""
+    _setup()
+    from audit.config import load_config
+    from audit.run import run
+
+    try:
+        cfg = load_config(config, {
+            "base": base, "unlearned": unlearned, "reference": reference, "forget": forget, "retain": retain,
+            "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
+            "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
+            "trust_remote_code": trust_remote_code,
+        })
+        log = run(cfg)
+    except InputError as e:
+        _fail(e)
+    table = Table(title="Verdict")
+    for col in ("scope", "label", "deletion score", "reason"):
+        table.add_column(col)
+    for v in log.verdicts:
+        table.add_row(v.scope, f"[{LABEL_STYLE[v.label]}]{v.label}[/]", f"{v.deletion_score:.2f}", v.reason)
+    Console().print(table)
+    console.print(f"results: {Path(cfg.out) / 'audit_log.json'}  report: {Path(cfg.out) / 'report.html'}")
+
+
+@app.command("report")
+def report_cmd(
+    log: Annotated[Path, typer.Argument(help="audit_log.json to render.")],
+    out: Annotated[Optional[Path], typer.Option(help="HTML file (default: report.html beside the log).")] = None,
+) -> None:
+    """Re-render a report from a results file (no model needed)."""
+    from reports import render_file
+
+    try:
+        path = render_file(log, out or log.with_name("report.html"))
+    except InputError as e:
+        _fail(e)
+    console.print(f"report: {path}")
+
+
+@app.command("schema")
+def schema_cmd() -> None:
+    """Print the JSON schema of audit_log.json."""
+    from audit.schema import json_schema
+
+    typer.echo(json_schema())
+
+
+@app.command("lenses")
+def lenses_cmd() -> None:
+    """List the registered lenses and their options."""
+    from audit.registry import available_lenses
+
+    table = Table()
+    for col in ("lens", "what it reads", "options"):
+        table.add_column(col)
+    for name, spec in available_lenses().items():
+        table.add_row(name, spec.description, ", ".join(spec.config_cls.model_fields))
+    Console().print(table)
+
+
+@organisms_app.command("build")
+def organisms_build(
+    out: Annotated[Path, typer.Option(help="Suite folder.")] = Path("organisms"),
+    seed: Annotated[int, typer.Option(help="Seed of world and training.")] = 0,
+    methods: Annotated[bool, typer.Option(help="Also build GA/GradDiff/NPO/RMU organisms.")] = True,
+    force: Annotated[bool, typer.Option(help="Rebuild even if an up-to-date suite exists.")] = False,
+) -> None:
+    """Train the default organism suite (cached: a second run skips training)."""
+    _setup()
+    from audit.organisms import SuiteConfig, build_suite
+
+    man = build_suite(out, SuiteConfig(seed=seed, methods=methods), force=force)
+    table = Table(title=f"Organism suite {out}")
+    for col in ("checkpoint", "role", "truth", "forget", "forget greedy", "retain"):
+        table.add_column(col)
+    for name, c in man["checkpoints"].items():
+        table.add_row(name, c["role"], str(c["truth"] or "—"), f"{c['forget_score']:.2f}",
+                      f"{c['forget_greedy']:.2f}", f"{c['retain_score']:.2f}")
+    Console().print(table)
+
+
+@organisms_app.command("audit")
+def organisms_audit(
+    suite: Annotated[Path, typer.Argument(help="Suite folder.")] = Path("organisms"),
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("audit_out"),
+    lenses: Annotated[Optional[str], typer.Option(help="Comma-separated lens names.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Comma-separated organism names.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+) -> None:
+    """Audit every organism of a suite and compare verdicts with ground truth."""
+    _setup()
+    from audit.suite import audit_suite
+
+    try:
+        rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed)
+    except InputError as e:
+        _fail(e)
+    table = Table(title="Verdicts on the organism suite (N = reference_a)")
+    for col in ("organism", "ground truth", "verdict", "deletion score", "reason"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["organism"], str(r["truth"] or "(attack-verified)"),
+                      f"[{LABEL_STYLE[r['verdict']]}]{r['verdict']}[/]", f"{r['deletion_score']:.2f}", r["reason"])
+    Console(width=160).print(table)
+    console.print(f"reports: {out}/<organism>/report.html; summary: {out}/summary.json")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

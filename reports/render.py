@@ -1,0 +1,208 @@
+"""Render an :class:`~audit.schema.AuditLog` as one self-contained HTML file.
+
+plotly.js is inlined once; the page makes no network request. All user-provided text
+is escaped; figure JSON has ``<`` escaped so no string can close the script tag.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import plotly.graph_objects as go
+from plotly.offline import get_plotlyjs
+from plotly.utils import PlotlyJSONEncoder
+
+from audit.schema import AuditLog, LensResult, read_log
+
+ROLE_COLORS = {"base": "#1f77b4", "unlearned": "#d62728", "reference": "#7f7f7f"}
+LABEL_COLORS = {"DELETED": "#2ca02c", "SUPPRESSED": "#ff7f0e", "NOT_UNLEARNED": "#d62728", "INCONCLUSIVE": "#7f7f7f"}
+
+e = html.escape
+
+
+class Page:
+    """Collects sections and figures of one report."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.figures: list[tuple[str, str]] = []
+
+    def section(self, title: str, body: str = "", sid: str | None = None) -> None:
+        anchor = f' id="{e(sid)}"' if sid else ""
+        self.parts.append(f"<section{anchor}><h2>{e(title)}</h2>{body}</section>")
+
+    def figure(self, fig: go.Figure, caption: str = "") -> str:
+        fid = f"fig{len(self.figures)}"
+        payload = json.dumps(fig.to_plotly_json(), cls=PlotlyJSONEncoder).replace("<", "\\u003c")
+        self.figures.append((fid, payload))
+        cap = f"<p class='cap'>{e(caption)}</p>" if caption else ""
+        return f"<div class='fig' id='{fid}' data-figure='1'></div>{cap}"
+
+
+def _num(x: float | None, fmt: str = ".2f") -> str:
+    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
+
+
+def _verdicts(page: Page, log: AuditLog) -> None:
+    cards = []
+    for v in log.verdicts:
+        ev = "".join(
+            f"<li>{e(x.lens)} · {e(x.reading)}: {_num(x.value)} (CI {_num(x.ci_low)}–{_num(x.ci_high)})</li>"
+            for x in v.evidence[:4]
+        )
+        cards.append(
+            f"<div class='card' style='border-color:{LABEL_COLORS[v.label]}'>"
+            f"<div class='scope'>{e(v.scope)}</div>"
+            f"<div class='label' style='color:{LABEL_COLORS[v.label]}'>{e(v.label)}</div>"
+            f"<div>deletion score <b>{_num(v.deletion_score)}</b></div>"
+            f"<p>{e(v.reason)}</p><ul>{ev}</ul></div>"
+        )
+    ru = log.retain_utility
+    util = ""
+    if ru:
+        flag = " <b class='bad'>collapsed: deletion cannot be told from damage</b>" if ru.get("collapsed") else ""
+        util = (f"<p>Retain utility: base {_num(ru['base'])}, unlearned {_num(ru['unlearned'])} "
+                f"(drop {_num(ru['drop'])}){flag}</p>")
+    page.section("Verdict", "<div class='cards'>" + "".join(cards) + "</div>" + util, "verdict")
+
+
+def _recovery_chart(page: Page, log: AuditLog) -> None:
+    names, vals, lo, hi, colors = [], [], [], [], []
+    for lens, res in log.lenses.items():
+        for r in res.recoveries:
+            if not math.isfinite(r.value):
+                continue
+            names.append(f"{lens} · {r.reading}")
+            vals.append(r.value)
+            lo.append(r.value - r.ci_low if math.isfinite(r.ci_low) else 0)
+            hi.append(r.ci_high - r.value if math.isfinite(r.ci_high) else 0)
+            colors.append("#1f77b4" if r.informative else "#c7c7c7")
+    if not names:
+        return
+    fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors,
+                           error_x={"type": "data", "array": hi, "arrayminus": lo}))
+    th = log.config.get("thresholds", {}) or {}
+    for x, label in ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior")):
+        fig.add_vline(x=x, line_dash="dot", annotation_text=label)
+    fig.update_layout(title="Recovery by lens (grey: uninformative)", xaxis_title="recovery R",
+                      height=140 + 28 * len(names), margin={"l": 220})
+    page.section("Recovery", page.figure(fig, "R = (S(U) − S(N)) / (S(B) − S(N)), bootstrap 95% CI."), "recovery")
+
+
+def _behavior(page: Page, res: LensResult) -> None:
+    d = res.data
+    fig = go.Figure()
+    for role in ("base", "unlearned", "reference"):
+        if role in d["forget"]:
+            fig.add_bar(name=role, x=["forget ranking", "forget greedy", "retain ranking", "retain greedy"],
+                        y=[d["forget"][role]["score"], d["forget"][role]["greedy"],
+                           d["retain"][role]["score"], d["retain"][role]["greedy"]],
+                        marker_color=ROLE_COLORS[role])
+    fig.update_layout(barmode="group", title="Behavior", yaxis_range=[0, 1.05], height=360)
+    page.section("Behavior", page.figure(fig, "Knowledge score (answer ranked above distractors) and greedy exact match."), "behavior")
+    _item_table(page, d.get("items", []))
+
+
+def _item_table(page: Page, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    cols = list(rows[0])
+    head = "".join(f"<th onclick='sortTable(this)'>{e(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    page.section(
+        "Items",
+        "<input id='itemsearch' placeholder='filter items…' oninput='filterTable(this.value)'>"
+        f"<div class='scroll'><table id='items'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>",
+        "items",
+    )
+
+
+def _metadata(page: Page, log: AuditLog) -> None:
+    rows = "".join(
+        f"<tr><td>{e(r)}</td><td>{e(m.path)}</td><td><code>{e(m.hash)}</code></td><td>{e(m.architecture)}</td>"
+        f"<td>{m.n_layers}</td><td>{m.d_model}</td><td>{m.n_params:,}</td></tr>"
+        for r, m in log.models.items()
+    )
+    models = ("<table><tr><th>role</th><th>path</th><th>hash</th><th>architecture</th><th>layers</th>"
+              f"<th>d_model</th><th>params</th></tr>{rows}</table>")
+    items = "".join(f"<li>{e(k)}: {e(v.path)} ({v.n_items} items, hash <code>{e(v.hash)}</code>)</li>"
+                    for k, v in log.items.items())
+    timings = ", ".join(f"{e(k)} {v:.1f}s" for k, v in log.timings.items())
+    versions = ", ".join(f"{e(k)} {e(v)}" for k, v in log.versions.items())
+    cfg = e(json.dumps(log.config, indent=2))
+    page.section("Run", f"{models}<ul>{items}</ul><p>Timings: {timings}</p><p>Versions: {versions}</p>"
+                 f"<p>Created {e(log.created)}; seed {e(str(log.environment.get('seed')))}</p>"
+                 f"<details><summary>Resolved config</summary><pre>{cfg}</pre></details>", "run")
+
+
+def _lens_notes(page: Page, log: AuditLog) -> None:
+    rows = []
+    for name, res in log.lenses.items():
+        msg = f"<b class='bad'>error: {e(res.error)}</b>" if res.error else "; ".join(e(n) for n in res.notes)
+        rows.append(f"<tr><td>{e(name)}</td><td>{res.seconds:.1f}s</td><td>{msg}</td></tr>")
+    page.section("Lenses run", "<table><tr><th>lens</th><th>time</th><th>notes</th></tr>" + "".join(rows) + "</table>")
+
+
+# lens name -> section renderer; lenses without one still appear in the recovery chart
+SECTIONS: dict[str, Callable[[Page, LensResult], None]] = {"behavior": _behavior}
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
+h1{margin-bottom:0}.sub{color:#666}section{margin:2rem 0}
+.cards{display:flex;flex-wrap:wrap;gap:1rem}.card{border:3px solid;border-radius:8px;padding:1rem;flex:1 1 320px}
+.label{font-size:1.6rem;font-weight:700}.scope{color:#666}.bad{color:#d62728}
+table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:3px 6px}
+th{cursor:pointer;background:#f4f4f4}.scroll{max-height:420px;overflow:auto}.cap{color:#666;font-size:.85rem}
+#itemsearch{margin-bottom:.5rem;padding:4px;width:300px}
+"""
+
+_JS = """
+function sortTable(th){const t=th.closest('table'),i=[...th.parentNode.children].indexOf(th),b=t.tBodies[0];
+const asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
+[...b.rows].sort((x,y)=>{const a=x.cells[i].textContent,c=y.cells[i].textContent,na=parseFloat(a),nc=parseFloat(c);
+const r=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?r:-r}).forEach(r=>b.appendChild(r));}
+function filterTable(q){q=q.toLowerCase();for(const r of document.getElementById('items').tBodies[0].rows)
+r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';}
+"""
+
+
+def render(log: AuditLog) -> str:
+    """The report's HTML for a results log."""
+    page = Page()
+    _verdicts(page, log)
+    _recovery_chart(page, log)
+    for name, res in log.lenses.items():
+        if res.error is None and name in SECTIONS:
+            SECTIONS[name](page, res)
+    _lens_notes(page, log)
+    _metadata(page, log)
+    m = log.models
+    title = f"Unlearning audit: {m['unlearned'].path if 'unlearned' in m else ''}"
+    plots = "\n".join(f"Plotly.newPlot('{fid}', ...(f=>[f.data,f.layout])({payload}), {{responsive:true}});"
+                      for fid, payload in page.figures)
+    return (
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
+        "style-src 'unsafe-inline'; img-src data:; font-src data:\">"
+        f"<title>{e(title)}</title><style>{_CSS}</style>"
+        f"<script>{get_plotlyjs()}</script></head><body>"
+        f"<h1>{e(title)}</h1><p class='sub'>base {e(m['base'].path if 'base' in m else '')} · "
+        f"reference {e(m['reference'].path if 'reference' in m else 'none (chance end points)')} · {e(log.created)}</p>"
+        + "".join(page.parts)
+        + f"<script>{_JS}\n{plots}</script></body></html>"
+    )
+
+
+def render_file(log_path: str | Path, html_path: str | Path) -> Path:
+    """Render ``audit_log.json`` to ``report.html`` (atomic write)."""
+    log = read_log(log_path)
+    out = Path(html_path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(render(log), encoding="utf-8")
+    tmp.replace(out)
+    return out
