@@ -166,8 +166,10 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
         if manifest.get("key") == cfg.key():
             log.info("organism suite %s is up to date (key %s)", out, cfg.key())
             return manifest
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t0 = time.perf_counter()
     world = make_world(cfg.world.model_copy(update={"seed": cfg.seed}))
     tok = make_tokenizer(world)

@@ -1,0 +1,45 @@
+"""Session fixtures: organisms are trained once per test run and shared.
+
+``AUDIT_TEST_SUITE_DIR`` may point at a folder to keep the suite between runs while
+developing (``build_suite`` reuses it only if its config key matches); by default the
+suite is trained afresh into the session's temp folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    os.environ["AUDIT_CACHE"] = str(tmp_path_factory.mktemp("audit_cache"))
+
+
+@pytest.fixture(scope="session")
+def suite(tmp_path_factory) -> Path:
+    from audit.organisms import SuiteConfig, build_suite
+
+    d = os.environ.get("AUDIT_TEST_SUITE_DIR")
+    path = Path(d) if d else tmp_path_factory.mktemp("suite")
+    build_suite(path, SuiteConfig(seed=0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def manifest(suite) -> dict:
+    import json
+
+    return json.loads((suite / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def base_model(suite):
+    from audit.models import load_model
+
+    return load_model(suite / "base", "base")

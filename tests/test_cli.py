@@ -1,0 +1,109 @@
+"""``audit`` end to end through the CLI: outputs, exit codes, messages."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from typer.testing import CliRunner
+
+from cli import app
+
+runner = CliRunner()
+
+
+def _args(suite, out, unlearned="head_only", lenses="behavior", **extra):
+    a = ["run", "--base", str(suite / "base"), "--unlearned", str(suite / unlearned),
+         "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
+         "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--lenses", lenses]
+    for k, v in extra.items():
+        a += [f"--{k.replace('_', '-')}", str(v)]
+    return a
+
+
+def test_run_writes_log_and_offline_report(suite, tmp_path):
+    res = runner.invoke(app, _args(suite, tmp_path / "o", unlearned="noop"))
+    assert res.exit_code == 0, res.output
+    assert "NOT_UNLEARNED" in res.output
+    log = json.loads((tmp_path / "o" / "audit_log.json").read_text())
+    assert log["version"] == 1 and log["verdicts"][0]["label"] == "NOT_UNLEARNED"
+    assert set(log["models"]) == {"base", "unlearned", "reference"}
+    assert all(len(m["hash"]) == 16 for m in log["models"].values())
+    rank = log["lenses"]["behavior"]["recoveries"][0]
+    assert rank["reading"] == "ranking" and rank["value"] >= 0.9
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "NOT_UNLEARNED" in html and "Plotly.newPlot" in html
+    assert "http://" not in html.split("<script>", 1)[0] and "<script src" not in html
+    # reference_b behaves like a model that never knew
+    res = runner.invoke(app, _args(suite, tmp_path / "r", unlearned="reference_b"))
+    assert res.exit_code == 0, res.output
+    rb = json.loads((tmp_path / "r" / "audit_log.json").read_text())["lenses"]["behavior"]["recoveries"][0]
+    assert rb["ci_high"] < 0.15
+
+
+def test_log_round_trips_and_report_rerenders(suite, tmp_path):
+    from audit.schema import read_log, write_log
+
+    runner.invoke(app, _args(suite, tmp_path / "o"))
+    log = read_log(tmp_path / "o" / "audit_log.json")
+    write_log(log, tmp_path / "copy.json")
+    again = read_log(tmp_path / "copy.json")
+    assert again.model_dump_json() == log.model_dump_json()
+    res = runner.invoke(app, ["report", str(tmp_path / "copy.json"), "--out", str(tmp_path / "r.html")])
+    assert res.exit_code == 0 and (tmp_path / "r.html").stat().st_size > 100_000
+
+
+def test_config_file_and_cli_precedence(suite, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"base: {suite / 'base'}\nunlearned: {suite / 'noop'}\nforget: {suite / 'forget.jsonl'}\n"
+                   f"retain: {suite / 'retain.jsonl'}\nout: {tmp_path / 'fromfile'}\nseed: 5\nmax_items: 12\n")
+    res = runner.invoke(app, ["run", "--config", str(cfg), "--seed", "7"])
+    assert res.exit_code == 0, res.output
+    log = json.loads((tmp_path / "fromfile" / "audit_log.json").read_text())
+    assert log["config"]["seed"] == 7 and log["items"]["forget"]["n_items"] == 12
+    assert "reference" not in log["models"] and "weaker" in log["verdicts"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        ({"lenses": "behaviour"}, "unknown lens 'behaviour'. Did you mean 'behavior'"),
+        ({"unlearned": "does_not_exist"}, "checkpoint not found"),
+        ({"dtype": "int3"}, "unknown dtype 'int3'"),
+    ],
+)
+def test_bad_input_exits_2_with_a_message(suite, tmp_path, mutate, message):
+    res = runner.invoke(app, _args(suite, tmp_path / "o", **mutate))
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+    assert not (tmp_path / "o" / "audit_log.json").exists()
+
+
+def test_bad_items_and_config_exit_2(suite, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "prompt": "p", "answer": "x", "distractors": ["y"]}\n')
+    a = _args(suite, tmp_path / "o")
+    a[a.index("--forget") + 1] = str(bad)
+    res = runner.invoke(app, a)
+    assert res.exit_code == 2 and "has 1 distractors" in res.output
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bsae: x\n")
+    res = runner.invoke(app, ["run", "--config", str(cfg)])
+    assert res.exit_code == 2 and "config option" in res.output
+
+
+def test_previous_results_survive_a_failed_run(suite, tmp_path):
+    out = tmp_path / "o"
+    assert runner.invoke(app, _args(suite, out)).exit_code == 0
+    before = (out / "audit_log.json").read_text()
+    res = runner.invoke(app, _args(suite, out, lenses="nope"))
+    assert res.exit_code == 2
+    assert (out / "audit_log.json").read_text() == before
+    assert math.isfinite(json.loads(before)["verdicts"][0]["deletion_score"])
+
+
+def test_schema_command_prints_json_schema():
+    res = runner.invoke(app, ["schema"])
+    assert res.exit_code == 0
+    assert json.loads(res.output)["title"] == "AuditLog"

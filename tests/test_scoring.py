@@ -1,0 +1,44 @@
+"""The knowledge score: hand-checked arithmetic and measured separation on organisms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from audit.errors import InputError
+from audit.items import KnowledgeItem, load_items
+from audit.models import load_model
+from audit.scoring import candidate_logprobs_to_result, encode_items, score_items
+
+
+def test_margin_and_ranking_by_hand():
+    r = candidate_logprobs_to_result([[-1.0, -2.0, -3.0, -4.0], [-5.0, -1.0, -6.0, -7.0]], np.array([True, False]))
+    expected = -1.0 - np.log(np.exp(-2) + np.exp(-3) + np.exp(-4))
+    assert r.margins[0] == pytest.approx(expected)
+    assert r.correct.tolist() == [True, False]
+    assert r.score == 0.5 and r.greedy_score == 0.5
+
+
+def test_base_scores_far_above_reference_on_forget(suite, manifest, base_model):
+    ref = load_model(suite / "reference_a", "reference")
+    forget = load_items(suite / manifest["forget"])
+    sb = score_items(base_model.forward, base_model.tokenizer, forget)
+    sn = score_items(ref.forward, ref.tokenizer, forget)
+    assert sb.score >= 0.95 and sn.score <= manifest["chance"] + 0.1
+    assert sb.greedy_score >= 0.9 and sn.greedy_score <= 0.3
+    # batching must not change the numbers
+    sb1 = score_items(base_model.forward, base_model.tokenizer, forget[:9], batch_size=1)
+    np.testing.assert_allclose(sb1.margins, sb.margins[:9], atol=1e-4)
+
+
+class _DroppingTokenizer:
+    """A tokenizer that maps unknown text to nothing (as some byte-level vocabularies do)."""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": [1 for w in text.split() if w != "zzz"]}
+
+
+def test_answer_that_tokenizes_to_nothing_is_an_input_error():
+    it = KnowledgeItem(id="q", prompt="a b", answer="zzz", distractors=["c", "d", "e"])
+    with pytest.raises(InputError, match="item 'q': the candidate answer 'zzz' tokenizes to nothing"):
+        encode_items(_DroppingTokenizer(), [it])
