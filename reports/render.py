@@ -151,6 +151,16 @@ def _lens_notes(page: Page, log: AuditLog) -> None:
 # lens name -> section renderer; lenses without one still appear in the recovery chart
 SECTIONS: dict[str, Callable[[Page, LensResult], None]] = {"behavior": _behavior}
 
+
+def section(lens: str):
+    """Register the report section of a lens (modules in ``reports/`` use this)."""
+
+    def deco(fn: Callable[[Page, LensResult], None]):
+        SECTIONS[lens] = fn
+        return fn
+
+    return deco
+
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:1200px;color:#222}
 h1{margin-bottom:0}.sub{color:#666}section{margin:2rem 0}
