@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_LENSES ?= behavior
 
-.PHONY: setup demo test lint clean
+.PHONY: setup browser demo test lint clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,18 @@ demo: setup
 	$(VENV)/bin/audit organisms build --out organisms --seed 0
 	$(VENV)/bin/audit organisms audit organisms --out demo_out --lenses $(DEMO_LENSES)
 
-test: setup
+# headless Chromium + chromedriver for tests/test_report_browser.py (Debian packages);
+# installed when running as root with apt, otherwise the test skips (and fails under CI=1)
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing chromium and chromium-driver for the browser test"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+			|| echo "could not install chromium; tests/test_report_browser.py will be skipped"; \
+	else echo "chromium/chromedriver not found and cannot apt-get install them here (needs root and apt):" \
+		"tests/test_report_browser.py will be skipped; install Debian's chromium and chromium-driver to run it"; fi
+
+test: setup browser
 	$(PY) -m pytest -q
 
 lint: setup

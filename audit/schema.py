@@ -53,6 +53,11 @@ class Recovery(BaseModel):
     """R minus the control threshold (SPEC §4.2), when the lens has controls."""
     side_effect_ok: bool | None = None
     """Whether retain items stayed within tolerance, for interventions."""
+    kind: Literal["primary", "scan"] = "primary"
+    """``primary``: a reading fixed before looking at U (e.g. the layer where the lens
+    best separates B from N); it may bound recovery (DELETED). ``scan``: the best of
+    several readings, its CI widened for the number compared; it can show recovery
+    (SUPPRESSED) but never bounds it."""
 
 
 class LensResult(BaseModel):

@@ -112,6 +112,21 @@ class ScoreResult:
     def greedy_score(self) -> float:
         return float(self.greedy.mean())
 
+    @property
+    def soft(self) -> np.ndarray:
+        """Per item, the answer's share of probability among its candidates.
+
+        A continuous reading of the ranking: 1/#candidates for a model that cannot tell
+        them apart, near 1 for one that knows. Far less noisy than 0/1 correctness near
+        chance, which is what makes tight recovery bounds possible on small item sets.
+        """
+        out = np.empty(len(self.candidate_logprobs))
+        for i, row in enumerate(self.candidate_logprobs):
+            z = np.asarray(row, dtype=float)
+            p = np.exp(z - z.max())
+            out[i] = p[0] / p.sum()
+        return out
+
 
 def candidate_logprobs_to_result(cand_lp: list[list[float]], greedy: np.ndarray) -> ScoreResult:
     margins, correct = [], []

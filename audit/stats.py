@@ -16,6 +16,7 @@ def recovery(
     min_power: float = 0.2,
     n_boot: int = 1000,
     seed: int = 0,
+    n_compared: int = 1,
 ) -> Recovery:
     """``R = (S(U) - S(N)) / (S(B) - S(N))`` with a paired bootstrap 95% CI over items.
 
@@ -27,6 +28,9 @@ def recovery(
         min_power: the lens is *informative* only if ``S(B) - S(N)`` reaches this.
         n_boot: bootstrap resamples.
         seed: resampling seed.
+        n_compared: how many readings this one was picked from (e.g. layers); the CI is
+            widened Bonferroni-style to ``1 - 0.05 / n_compared`` so picking the best
+            of several does not overstate it.
     """
     b, u, n = (np.asarray(x, dtype=float) for x in (b, u, n))
     sb, su, sn = float(b.mean()), float(u.mean()), float(n.mean())
@@ -40,7 +44,8 @@ def recovery(
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(np.abs(den) > 1e-9, (gu - gn) / den, np.nan)
     r = r[np.isfinite(r)]
-    lo, hi = (float(np.percentile(r, 2.5)), float(np.percentile(r, 97.5))) if len(r) else (float("nan"),) * 2
+    tail = 100 * 0.05 / max(1, n_compared) / 2
+    lo, hi = (float(np.percentile(r, tail)), float(np.percentile(r, 100 - tail))) if len(r) else (float("nan"),) * 2
     return Recovery(
         reading=reading, value=value, ci_low=lo, ci_high=hi, score_base=sb, score_unlearned=su,
         score_reference=sn, n_items=len(b), informative=informative,

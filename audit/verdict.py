@@ -82,13 +82,17 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
             f"knowledge{ctrl}: {r.score_unlearned:.0%} in U vs {r.score_reference:.0%} in the reference",
             [_ev(n, r) for n, r in sorted(supp, key=lambda x: -x[1].value)],
         )
-    names = {n for n, _ in others}
+    primary = [(n, r) for n, r in others if r.kind == "primary"]
+    names = {n for n, _ in primary}
     missing = [x for x in th.required_for_deleted if x not in names]
-    high = [(n, r) for n, r in others if _excess(r)[2] > th.tau_d]
+    # a primary reading must bound recovery below tau_d; a scan reading blocks DELETED
+    # only when it shows recovery above tau_d beyond doubt (its widened CI's lower end)
+    high = [(n, r) for n, r in primary if _excess(r)[2] > th.tau_d]
+    high += [(n, r) for n, r in others if r.kind == "scan" and _excess(r)[1] > th.tau_d]
     if not missing and not high:
         tried = ", ".join(sorted(names))
-        return verdict("DELETED", f"no tested lens recovered the knowledge (lenses: {tried}; every recovery "
-                       f"CI upper bound ≤ {th.tau_d})", [_ev(n, r) for n, r in others])
+        return verdict("DELETED", f"no tested lens recovered the knowledge (lenses: {tried}; every primary "
+                       f"recovery CI upper bound ≤ {th.tau_d})", [_ev(n, r) for n, r in primary])
     if missing:
         why = f"no informative result from {', '.join(missing)}, which DELETED requires"
     else:

@@ -87,10 +87,10 @@ def _recovery_chart(page: Page, log: AuditLog) -> None:
     fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors,
                            error_x={"type": "data", "array": hi, "arrayminus": lo}))
     th = log.config.get("thresholds", {}) or {}
-    for x, label in ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior")):
-        fig.add_vline(x=x, line_dash="dot", annotation_text=label)
+    for x, label in ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior gate")):
+        fig.add_vline(x=x, line_dash="dot", annotation_text=label, annotation_position="top")
     fig.update_layout(title="Recovery by lens (grey: uninformative)", xaxis_title="recovery R",
-                      height=140 + 28 * len(names), margin={"l": 220})
+                      height=200 + 32 * len(names), margin={"l": 260, "t": 80, "b": 60})
     page.section("Recovery", page.figure(fig, "R = (S(U) − S(N)) / (S(B) − S(N)), bootstrap 95% CI."), "recovery")
 
 
@@ -113,11 +113,11 @@ def _item_table(page: Page, rows: list[dict[str, Any]]) -> None:
         return
     cols = list(rows[0])
     head = "".join(f"<th onclick='sortTable(this)'>{e(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{e(str(r.get(c, '')))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{e('' if r.get(c) is None else str(r[c]))}</td>" for c in cols) + "</tr>" for r in rows)
     page.section(
         "Items",
         "<input id='itemsearch' placeholder='filter items…' oninput='filterTable(this.value)'>"
-        f"<div class='scroll'><table id='items'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>",
+        f"<div class='scroll'><table id='item-table'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>",
         "items",
     )
 
@@ -176,7 +176,7 @@ function sortTable(th){const t=th.closest('table'),i=[...th.parentNode.children]
 const asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';
 [...b.rows].sort((x,y)=>{const a=x.cells[i].textContent,c=y.cells[i].textContent,na=parseFloat(a),nc=parseFloat(c);
 const r=(!isNaN(na)&&!isNaN(nc))?na-nc:a.localeCompare(c);return asc?r:-r}).forEach(r=>b.appendChild(r));}
-function filterTable(q){q=q.toLowerCase();for(const r of document.getElementById('items').tBodies[0].rows)
+function filterTable(q){q=q.toLowerCase();for(const r of document.getElementById('item-table').tBodies[0].rows)
 r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';}
 """
 
@@ -193,7 +193,7 @@ def render(log: AuditLog) -> str:
     _metadata(page, log)
     m = log.models
     title = f"Unlearning audit: {m['unlearned'].path if 'unlearned' in m else ''}"
-    plots = "\n".join(f"Plotly.newPlot('{fid}', ...(f=>[f.data,f.layout])({payload}), {{responsive:true}});"
+    plots = "\n".join(f"Plotly.newPlot('{fid}', ...(f=>[f.data,f.layout])({payload}), {{responsive:true,displaylogo:false}});"
                       for fid, payload in page.figures)
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"

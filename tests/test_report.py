@@ -1,0 +1,182 @@
+"""The HTML report: rendered without torch, escapes user text, needs no network.
+
+The report under test comes from a real audit of the organisms whose item ids, prompts,
+answers, subjects and file paths all carry script-injection payloads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+PAYLOADS = ("<script>window.__xss=1</script>", '"><img src=x onerror="window.__xss=2">')
+# handlers the report itself puts in the page; anything else is injected
+OWN_HANDLERS = {("th", "onclick", "sortTable(this)"), ("input", "oninput", "filterTable(this.value)")}
+N_FORGET, N_RETAIN = 8, 12
+
+
+def _poison(row: dict, i: int) -> dict:
+    """A suite item with payloads in its id, prompt, subject and (every other one) answer.
+
+    The organisms' word-level tokenizer reads a payload as <unk> tokens, so the item
+    still scores; the distractors stay plain words, distinct from the answer.
+    """
+    p = PAYLOADS[i % 2]
+    row = {
+        **row,
+        "id": f"{row['id']} {p}",
+        "prompt": f"{p} {row['prompt']}",
+        "subject": f"{row.get('subject', '')} {p}",
+    }
+    if i % 2:
+        row["answer"] = f"{row['answer']} {p}"
+    return row
+
+
+def build_xss_report(suite: Path, root: Path) -> dict[str, Path]:
+    """Audit ``noop`` on payload-laden items, all files under a payload-named folder.
+
+    ``/`` cannot be in a file name, so the first payload spans two nested folders; the
+    folder path as a string contains both payloads whole. Returns the written paths.
+    """
+    from audit.config import AuditConfig
+    from audit.run import run
+
+    where = root / PAYLOADS[0] / PAYLOADS[1]
+    assert PAYLOADS[0] in str(where) and PAYLOADS[1] in str(where)
+    where.mkdir(parents=True)
+    forget = [json.loads(x) for x in (suite / "forget.jsonl").read_text().splitlines() if x.strip()][:N_FORGET]
+    retain = (suite / "retain.jsonl").read_text().splitlines()[:N_RETAIN]
+    (where / "forget.jsonl").write_text("".join(json.dumps(_poison(r, i)) + "\n" for i, r in enumerate(forget)))
+    (where / "retain.jsonl").write_text("\n".join(retain) + "\n")
+    (where / "noop").symlink_to((suite / "noop").resolve(), target_is_directory=True)
+    out = where / "out"
+    run(
+        AuditConfig(
+            base=str(suite / "base"),
+            unlearned=str(where / "noop"),
+            reference=str(suite / "reference_a"),
+            forget=str(where / "forget.jsonl"),
+            retain=str(where / "retain.jsonl"),
+            out=str(out),
+            lenses=["behavior"],
+            lens_options={"behavior": {"n_boot": 200}},
+        )
+    )
+    return {"forget": where / "forget.jsonl", "log": out / "audit_log.json", "report": out / "report.html"}
+
+
+class _Scan(HTMLParser):
+    """Every start tag with its attributes, visible text, and script bodies."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self.scripts: list[str] = []
+        self._open: list[str] = []
+        self.feed(html)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        self._open.append(tag)
+        if tag == "script":
+            self.scripts.append("")
+
+    def handle_endtag(self, tag):
+        if self._open and self._open[-1] == tag:
+            self._open.pop()
+
+    def handle_data(self, data):
+        inside = self._open[-1] if self._open else ""
+        if inside == "script":
+            self.scripts[-1] += data
+        elif inside != "style":
+            self.text.append(data)
+
+
+@pytest.fixture(scope="module")
+def xss(suite, tmp_path_factory) -> dict[str, Path]:
+    return build_xss_report(suite, tmp_path_factory.mktemp("xss"))
+
+
+@pytest.fixture(scope="module")
+def page(xss) -> tuple[str, _Scan]:
+    html = xss["report"].read_text(encoding="utf-8")
+    return html, _Scan(html)
+
+
+def test_reports_render_without_torch(xss, tmp_path):
+    out = tmp_path / "again.html"
+    code = (
+        "import sys, reports\n"
+        "reports.render_file(sys.argv[1], sys.argv[2])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'transformer_lens', 'sae_lens') if m in sys.modules]\n"
+        "assert 'torch' not in sys.modules, heavy\n"
+        "print('imported:', heavy)\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, str(xss["log"]), str(out)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "imported: []" in res.stdout
+    # the same log renders to the same page with or without the models around
+    assert out.read_text(encoding="utf-8") == xss["report"].read_text(encoding="utf-8")
+
+
+def test_user_text_is_escaped(xss, page):
+    html, scan = page
+    for p in PAYLOADS:
+        assert p not in html, f"unescaped payload in the report: {p}"
+    # nothing the payloads would add: no <img>, no extra or sourced <script>, no foreign handlers
+    assert not [a for t, a in scan.tags if t == "img"]
+    scripts = [a for t, a in scan.tags if t == "script"]
+    assert scripts == [{}, {}], f"expected plotly.js and the report's own script, got {scripts}"
+    handlers = {(t, k, v) for t, a in scan.tags for k, v in a.items() if k.startswith("on")}
+    assert handlers <= OWN_HANDLERS, handlers - OWN_HANDLERS
+    assert "__xss" not in "".join(scan.scripts)
+    # ...and the text still reaches the reader, literally, where it belongs
+    text = "".join(scan.text)
+    items = [json.loads(x) for x in xss["forget"].read_text().splitlines()]
+    for it in items:
+        for field in ("id", "prompt", "answer", "subject"):
+            assert it[field] in text, f"{field} of {it['id']!r} is missing from the page text"
+            assert escape(it[field]) in html
+    assert str(xss["forget"]) in text  # the item file's path, in the run metadata
+    title = next(t for t in (s.strip() for s in scan.text) if t.startswith("Unlearning audit:"))
+    assert PAYLOADS[0] in title and PAYLOADS[1] in title  # the unlearned model's path
+
+
+def test_report_is_self_contained(page):
+    from plotly.offline import get_plotlyjs
+
+    html, scan = page
+    bundle = get_plotlyjs()
+    assert html.count(bundle) == 1, "plotly.js must be inlined exactly once"
+    assert scan.scripts[0] == bundle
+    rest = html.replace(bundle, "")
+    assert not re.search(r"""\b(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", rest, re.I)
+    assert not re.search(r"<link\b|@import|url\(\s*['\"]?(?:https?:)?//", rest, re.I)
+    figs = [a.get("id") for t, a in scan.tags if t == "div" and "data-figure" in a]
+    plots = re.findall(r"Plotly\.newPlot\('([^']*)'", scan.scripts[1])
+    assert len(figs) >= 2, figs  # at least the recovery chart and the behavior bars
+    assert sorted(plots) == sorted(figs) and len(set(figs)) == len(figs), (figs, plots)
+
+
+def test_element_ids_are_unique(page):
+    # the page's scripts find elements by id; a repeated id silently hands them the wrong one
+    _, scan = page
+    ids = [a["id"] for _, a in scan.tags if a.get("id")]
+    assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
