@@ -164,7 +164,7 @@ def score_items(
     enc = encoded or encode_items(tokenizer, items)
     pad = pad_id_of(tokenizer)
     seqs, where = [], []
-    for i, (p, cands) in enumerate(zip(enc.prompts, enc.candidates)):
+    for i, (p, cands) in enumerate(zip(enc.prompts, enc.candidates, strict=True)):
         for j, c in enumerate(cands):
             seqs.append(p + c)
             where.append((i, j, len(p), len(c)))
