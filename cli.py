@@ -57,9 +57,13 @@ def run_cmd(
     max_items: Annotated[Optional[int], typer.Option(help="Use at most this many items per set.")] = None,
     allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Allow pickle-based weights.")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run checkpoint code.")] = None,
+    policy: Annotated[Optional[str], typer.Option(help="Policy YAML; exit 1 when it fails (default: shipped policy).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="YAML config file; CLI options override it.")] = None,
 ) -> None:
-    """Audit an unlearned checkpoint against its base (and a reference)."""
+    """Audit an unlearned checkpoint against its base (and a reference).
+
+    Exit code 0: the policy passed; 1: it failed; 2: bad input or usage.
+    """
     _setup()
     from audit.config import load_config
     from audit.run import run
@@ -69,7 +73,7 @@ def run_cmd(
             "base": base, "unlearned": unlearned, "reference": reference, "forget": forget, "retain": retain,
             "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
             "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
-            "trust_remote_code": trust_remote_code,
+            "trust_remote_code": trust_remote_code, "policy": policy,
         })
         log = run(cfg)
     except InputError as e:
@@ -81,6 +85,12 @@ def run_cmd(
         table.add_row(v.scope, f"[{LABEL_STYLE[v.label]}]{v.label}[/]", f"{v.deletion_score:.2f}", v.reason)
     Console().print(table)
     console.print(f"results: {Path(cfg.out) / 'audit_log.json'}  report: {Path(cfg.out) / 'report.html'}")
+    pr = log.policy_result
+    if pr.get("passed"):
+        console.print("[green]policy passed[/green]")
+    else:
+        console.print("[red]policy failed:[/red] " + "; ".join(pr.get("failures", [])))
+        raise typer.Exit(1)
 
 
 @app.command("report")

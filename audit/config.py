@@ -48,6 +48,8 @@ class AuditConfig(BaseModel):
     """Let transformers run code shipped with a checkpoint."""
     min_power: float = 0.2
     """S(B) - S(N) below this makes a lens uninformative (SPEC §4.3)."""
+    policy: str | None = None
+    """Policy YAML (thresholds, required lenses, failing labels); default: the shipped one."""
     cache_dir: str | None = None
     """Activation cache folder (default: $AUDIT_CACHE/activations)."""
 

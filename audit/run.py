@@ -10,14 +10,15 @@ from pathlib import Path
 
 from audit.config import AuditConfig
 from audit.context import AuditContext
-from audit.errors import LensError
+from audit.errors import InputError, LensError
 from audit.items import items_hash, load_items
 from audit.models import check_compatible, load_model
+from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
 from audit.registry import get_lens
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
 from audit.scoring import encode_items
-from audit.verdict import Thresholds, decide, retain_utility
+from audit.verdict import decide, group_verdicts, retain_utility
 
 _LIBS = ("torch", "transformers", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "plotly", "pydantic")
 
@@ -36,7 +37,21 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | None = None) -> AuditLog:
+def _groups(items) -> dict[str, list[str]]:
+    """Concept groups of the forget set: by attribute, and by subject where subjects have ≥ 10 items."""
+    out: dict[str, list[str]] = {}
+    for key in ("attribute", "subject"):
+        by: dict[str, list[str]] = {}
+        for it in items:
+            v = getattr(it, key)
+            if v is not None:
+                by.setdefault(v, []).append(it.id)
+        if len(by) > 1 and (key == "attribute" or min(len(v) for v in by.values()) >= 10):
+            out.update({f"{key}={k}": v for k, v in sorted(by.items())})
+    return out
+
+
+def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = None) -> AuditLog:
     """Audit one (base, unlearned, reference) triple on a forget and a retain set.
 
     Writes ``audit_log.json`` (and ``report.html`` when ``render``) into ``config.out``
@@ -49,8 +64,14 @@ def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | No
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    policy = policy or load_policy(config.policy)
     specs = [get_lens(name) for name in config.lenses]
-    lens_cfgs = {s.name: s.make_config(config.lens_options.get(s.name)) for s in specs}
+    lens_cfgs = {}
+    for spec in specs:
+        opts = dict(config.lens_options.get(spec.name) or {})
+        if "side_effect_tolerance" in spec.config_cls.model_fields:
+            opts.setdefault("side_effect_tolerance", policy.side_effect_tolerance)
+        lens_cfgs[spec.name] = spec.make_config(opts)
     unknown = set(config.lens_options) - {s.name for s in specs}
     if unknown:
         logger.warning("options given for lenses that are not run: %s", ", ".join(sorted(unknown)))
@@ -58,6 +79,11 @@ def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | No
     items = {"forget": load_items(config.forget), "retain": load_items(config.retain)}
     if config.max_items:
         items = {k: v[: config.max_items] for k, v in items.items()}
+    if len(items["forget"]) < policy.min_items:
+        raise InputError(
+            f"the forget set has {len(items['forget'])} items; the policy requires at least {policy.min_items} "
+            "(set min_items in a policy file to change it)"
+        )
     torch.manual_seed(config.seed)
 
     t = time.perf_counter()
@@ -84,10 +110,13 @@ def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | No
         results[spec.name] = res
         timings[f"lens:{spec.name}"] = res.seconds
 
-    th = thresholds or Thresholds()
+    th = policy.thresholds
+    chance = {it.id: 1.0 / len(it.candidates) for it in items["forget"]}
     verdicts = [decide(results, th)]
+    verdicts += group_verdicts(results, _groups(items["forget"]), chance, th, config.min_power, config.seed)
     if not ctx.has_reference:
-        verdicts[0].reason += " (no reference model: end points are chance, so this verdict is weaker)"
+        for v in verdicts:
+            v.reason += " (no reference model: end points are chance, so this verdict is weaker)"
     timings["total"] = time.perf_counter() - t0
     log = AuditLog(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -99,9 +128,11 @@ def run(config: AuditConfig, *, render: bool = True, thresholds: Thresholds | No
         retain_utility=retain_utility(results, th),
         timings={k: round(v, 3) for k, v in timings.items()},
         versions=library_versions(),
+        policy=policy.model_dump(),
         environment={"device": config.device, "dtype": config.dtype, "seed": config.seed,
                      "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
     )
+    log.policy_result = evaluate(log, policy)
     out = Path(config.out)
     write_log(log, out / "audit_log.json")
     if render:

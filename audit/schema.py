@@ -148,6 +148,10 @@ class AuditLog(BaseModel):
     """Library versions."""
     environment: dict[str, Any] = Field(default_factory=dict)
     """Device, dtype, seed, host facts."""
+    policy: dict[str, Any] = Field(default_factory=dict)
+    """The policy applied (thresholds, required lenses, failing labels)."""
+    policy_result: dict[str, Any] = Field(default_factory=dict)
+    """``{"passed": bool, "failures": [...]}``; ``audit run`` exits 1 when it failed."""
     error: str | None = None
     """What stopped the run, if anything."""
 

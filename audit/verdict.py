@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from audit.schema import Evidence, LensResult, Recovery, Verdict
 
@@ -13,6 +13,8 @@ REQUIRED_FOR_DELETED = ("linear_probe", "relearn", "quantization")
 
 class Thresholds(BaseModel):
     """Decision thresholds (a policy file can override them)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     behavior_recovery: float = 0.5
     """Behaviour recovery at or above this means U still knows (NOT_UNLEARNED)."""
@@ -111,3 +113,44 @@ def retain_utility(lenses: dict[str, LensResult], th: Thresholds | None = None) 
     drop = r["base"]["score"] - r["unlearned"]["score"]
     return {"base": r["base"]["score"], "unlearned": r["unlearned"]["score"], "drop": drop,
             "collapsed": drop > th.retain_collapse}
+
+
+def group_verdicts(
+    lenses: dict[str, LensResult], groups: dict[str, list[str]], chance: dict[str, float],
+    th: Thresholds | None = None, min_power: float = 0.2, seed: int = 0,
+) -> list[Verdict]:
+    """Verdicts per concept group, from the per-item readings lenses keep.
+
+    Each lens's primary readings with per-item scores (``data["per_item"]``) are
+    re-scored on the group's items; control thresholds carry over from the whole set.
+    Readings without per-item scores do not enter group verdicts.
+    """
+    from audit.stats import recovery
+
+    out = []
+    for scope, ids in groups.items():
+        sub: dict[str, LensResult] = {}
+        for name, res in lenses.items():
+            pi = res.data.get("per_item") if res.error is None else None
+            if not pi:
+                continue
+            index = {i: k for k, i in enumerate(pi["ids"])}
+            rows = [index[i] for i in ids if i in index]
+            recs = []
+            for r in res.recoveries:
+                per = pi["readings"].get(r.reading)
+                if per is None or not rows:
+                    continue
+
+                ends = [[per[role][k] for k in rows] if role in per else [chance[pi["ids"][k]] for k in rows]
+                        for role in ("base", "unlearned", "reference")]
+                g = recovery(*ends, reading=r.reading,
+                             min_power=min_power, seed=seed)
+                g.kind, g.control_threshold = r.kind, r.control_threshold
+                g.excess = g.value - r.control_threshold if r.control_threshold is not None else None
+                recs.append(g)
+            sub[name] = res.model_copy(update={"recoveries": recs})
+        v = decide(sub, th, scope=scope)
+        v.reason += " (group verdict: lenses with per-item readings only)"
+        out.append(v)
+    return out

@@ -39,5 +39,12 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
             row[f"{role}_greedy"] = bool(s.greedy[i])
             row[f"{role}_margin"] = round(float(s.margins[i]), 4)
         data["items"].append(row)
+    data["per_item"] = {
+        "ids": [it.id for it in ctx.items["forget"]],
+        "readings": {
+            "ranking": {role: s.correct.astype(float).tolist() for role, s in f.items()},
+            "greedy": {role: s.greedy.astype(float).tolist() for role, s in f.items()},
+        },
+    }
     notes = [] if ref else ["no reference model: the end point is chance (ranking) and 0 (greedy)"]
     return LensResult(name="behavior", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

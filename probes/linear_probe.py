@@ -193,7 +193,6 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
         name="linear_probe", config=cfg.model_dump(), recoveries=recs, notes=notes,
         data={"per_layer": per_layer, "layer_recoveries": layer_recs, "first_token_labels": first_token,
               "chance": float(chance.mean()), "metric": cfg.metric, "primary_layers": chosen,
-              "per_item": {"ids": [it.id for it in forget],
-                           **{f"{s}_{r}": np.round(correct[(s, r, chosen[s])], 4).tolist()
-                              for s in chosen for r in roles}}},
+              "per_item": {"ids": [it.id for it in forget], "readings": {
+                  primary.reading: {r: np.round(correct[(ps, r, pl)], 4).tolist() for r in roles}}}},
     )

@@ -76,5 +76,7 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
         "per_layer": {m: {r: reads[r][m].mean(1).round(4).tolist() for r in reads} for m in ("accuracy", "soft", "topk")},
         "layer_recoveries": [r.model_dump() for r in rows],
         "chance": float(chance.mean()), "top_k": cfg.top_k, "metric": cfg.metric,
+        "per_item": {"ids": [it.id for it in forget], "readings": {
+            primary.reading: {r: reads[r][cfg.metric][p].round(4).tolist() for r in reads}}},
     }
     return LensResult(name="logit_lens", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

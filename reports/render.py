@@ -68,7 +68,13 @@ def _verdicts(page: Page, log: AuditLog) -> None:
         flag = " <b class='bad'>collapsed: deletion cannot be told from damage</b>" if ru.get("collapsed") else ""
         util = (f"<p>Retain utility: base {_num(ru['base'])}, unlearned {_num(ru['unlearned'])} "
                 f"(drop {_num(ru['drop'])}){flag}</p>")
-    page.section("Verdict", "<div class='cards'>" + "".join(cards) + "</div>" + util, "verdict")
+    pr = log.policy_result
+    gate = ""
+    if pr:
+        fails = "".join(f"<li>{e(f)}</li>" for f in pr.get("failures", []))
+        gate = ("<p><b style='color:#2ca02c'>Policy passed.</b></p>" if pr.get("passed")
+                else f"<p><b class='bad'>Policy failed</b> (audit run exits 1):</p><ul>{fails}</ul>")
+    page.section("Verdict", "<div class='cards'>" + "".join(cards) + "</div>" + util + gate, "verdict")
 
 
 def _recovery_chart(page: Page, log: AuditLog) -> None:

@@ -24,8 +24,9 @@ def _args(suite, out, unlearned="head_only", lenses="behavior", **extra):
 
 def test_run_writes_log_and_offline_report(suite, tmp_path):
     res = runner.invoke(app, _args(suite, tmp_path / "o", unlearned="noop"))
-    assert res.exit_code == 0, res.output
-    assert "NOT_UNLEARNED" in res.output
+    # the default policy fails anything but DELETED: exit 1
+    assert res.exit_code == 1, res.output
+    assert "NOT_UNLEARNED" in res.output and "policy failed" in res.output
     log = json.loads((tmp_path / "o" / "audit_log.json").read_text())
     assert log["version"] == 1 and log["verdicts"][0]["label"] == "NOT_UNLEARNED"
     assert set(log["models"]) == {"base", "unlearned", "reference"}
@@ -37,7 +38,7 @@ def test_run_writes_log_and_offline_report(suite, tmp_path):
     assert "http://" not in html.split("<script>", 1)[0] and "<script src" not in html
     # reference_b behaves like a model that never knew
     res = runner.invoke(app, _args(suite, tmp_path / "r", unlearned="reference_b"))
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # behavior alone cannot say DELETED
     rb = json.loads((tmp_path / "r" / "audit_log.json").read_text())["lenses"]["behavior"]["recoveries"][0]
     assert rb["ci_high"] < 0.15
 
@@ -57,11 +58,11 @@ def test_log_round_trips_and_report_rerenders(suite, tmp_path):
 def test_config_file_and_cli_precedence(suite, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"base: {suite / 'base'}\nunlearned: {suite / 'noop'}\nforget: {suite / 'forget.jsonl'}\n"
-                   f"retain: {suite / 'retain.jsonl'}\nout: {tmp_path / 'fromfile'}\nseed: 5\nmax_items: 12\n")
+                   f"retain: {suite / 'retain.jsonl'}\nout: {tmp_path / 'fromfile'}\nseed: 5\nmax_items: 24\n")
     res = runner.invoke(app, ["run", "--config", str(cfg), "--seed", "7"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output
     log = json.loads((tmp_path / "fromfile" / "audit_log.json").read_text())
-    assert log["config"]["seed"] == 7 and log["items"]["forget"]["n_items"] == 12
+    assert log["config"]["seed"] == 7 and log["items"]["forget"]["n_items"] == 24
     assert "reference" not in log["models"] and "weaker" in log["verdicts"][0]["reason"]
 
 
@@ -95,7 +96,7 @@ def test_bad_items_and_config_exit_2(suite, tmp_path):
 
 def test_previous_results_survive_a_failed_run(suite, tmp_path):
     out = tmp_path / "o"
-    assert runner.invoke(app, _args(suite, out)).exit_code == 0
+    assert runner.invoke(app, _args(suite, out)).exit_code == 1
     before = (out / "audit_log.json").read_text()
     res = runner.invoke(app, _args(suite, out, lenses="nope"))
     assert res.exit_code == 2
@@ -107,3 +108,51 @@ def test_schema_command_prints_json_schema():
     res = runner.invoke(app, ["schema"])
     assert res.exit_code == 0
     assert json.loads(res.output)["title"] == "AuditLog"
+
+
+def test_policy_gate_exit_codes(suite, tmp_path):
+    lenient = tmp_path / "lenient.yaml"
+    lenient.write_text("fail_on: [NOT_UNLEARNED]\n")
+    res = runner.invoke(app, _args(suite, tmp_path / "a", unlearned="reference_b", policy=lenient))
+    assert res.exit_code == 0, res.output
+    assert "policy passed" in res.output
+    res = runner.invoke(app, _args(suite, tmp_path / "b", unlearned="noop", policy=lenient))
+    assert res.exit_code == 1 and "forget set: NOT_UNLEARNED" in " ".join(res.output.split())
+    log = json.loads((tmp_path / "b" / "audit_log.json").read_text())
+    assert log["policy"]["fail_on"] == ["NOT_UNLEARNED"] and log["policy_result"]["passed"] is False
+    floor = tmp_path / "floor.yaml"
+    floor.write_text("fail_on: []\nretain_floor: 0.999\n")
+    res = runner.invoke(app, _args(suite, tmp_path / "c", unlearned="late_layers", policy=floor))
+    assert res.exit_code == 1 and "below the floor" in res.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("thresholds:\n  tau_x: 0.2\n", "key 'thresholds.tau_x': Extra inputs are not permitted"),
+        ("fail_on: [MAYBE]\n", "key 'fail_on.0'"),
+        ("min_items: lots\n", "key 'min_items'"),
+        ("[1, 2]\n", "must hold a mapping"),
+        ("a: [\n", "is not valid YAML"),
+    ],
+)
+def test_bad_policy_exits_2_naming_the_key(suite, tmp_path, text, message):
+    pol = tmp_path / "p.yaml"
+    pol.write_text(text)
+    res = runner.invoke(app, _args(suite, tmp_path / "o", policy=pol))
+    assert res.exit_code == 2, res.output
+    assert message in " ".join(res.output.split())
+
+
+def test_too_few_items_for_the_policy(suite, tmp_path):
+    res = runner.invoke(app, _args(suite, tmp_path / "o", max_items=5))
+    assert res.exit_code == 2 and "the policy requires at least 20" in " ".join(res.output.split())
+
+
+def test_group_verdicts_per_attribute(suite, tmp_path):
+    runner.invoke(app, _args(suite, tmp_path / "o", unlearned="noop"))
+    log = json.loads((tmp_path / "o" / "audit_log.json").read_text())
+    scopes = [v["scope"] for v in log["verdicts"]]
+    assert scopes == ["forget set", "attribute=city", "attribute=job", "attribute=sport"]
+    assert all(v["label"] == "NOT_UNLEARNED" for v in log["verdicts"])
+    assert all(v["n_items"] == 30 for v in log["verdicts"][1:])

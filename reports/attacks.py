@@ -1,0 +1,135 @@
+"""Report sections of the attack lenses: quantization, relearn and leak@k (plotly; no torch)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import plotly.graph_objects as go
+
+from audit.schema import LensResult
+from reports.render import ROLE_COLORS, Page, _num, e, section
+
+ROLES = ("base", "unlearned", "reference")
+
+
+def _finite(x: Any) -> float | None:
+    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
+
+
+def _err(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Asymmetric error bars from rows holding recovery, ci_low and ci_high."""
+    up = [(_finite(r.get("ci_high")) or 0.0) - (_finite(r.get("recovery")) or 0.0) for r in rows]
+    down = [(_finite(r.get("recovery")) or 0.0) - (_finite(r.get("ci_low")) or 0.0) for r in rows]
+    return {"type": "data", "array": up, "arrayminus": down}
+
+
+def _notes(res: LensResult) -> str:
+    return "".join(f"<p class='cap'>{e(n)}</p>" for n in res.notes)
+
+
+@section("quantization")
+def quantization_section(page: Page, res: LensResult) -> None:
+    rows = res.data.get("settings", [])
+    if not rows:
+        return
+    fig = go.Figure()
+    for scheme in dict.fromkeys(r["scheme"] for r in rows):
+        sub = [r for r in rows if r["scheme"] == scheme]
+        fig.add_trace(go.Bar(
+            name=scheme, x=[r["label"] for r in sub], y=[_finite(r["recovery"]) for r in sub],
+            error_y=_err(sub), marker_color=["#1f77b4" if r["informative"] else "#c7c7c7" for r in sub],
+            marker_pattern_shape="/" if scheme == "asym" else "",
+        ))
+    fig.add_hline(y=0, line_color="#999")
+    fig.update_layout(title="Recovery after weight quantization (grey: uninformative)", yaxis_title="recovery R",
+                      height=380, showlegend=True)
+    fig2 = go.Figure()
+    full = res.data.get("full_precision", {})
+    for role in ROLES:
+        if role not in full:
+            continue
+        fig2.add_trace(go.Scatter(
+            name=role, mode="lines+markers", marker_color=ROLE_COLORS[role],
+            x=["full precision", *(r["label"] for r in rows)],
+            y=[full[role]["score"], *(r["scores"][role]["score"] for r in rows)],
+        ))
+    fig2.update_layout(title="Forget score of each quantized model", yaxis_title="knowledge score S",
+                       yaxis_range=[0, 1.05], height=360)
+    err = "".join(
+        f"<tr><td>{e(r['label'])}</td>"
+        + "".join(f"<td>{_num(r['weight_error'][role]['rel_error'], '.4f')}</td>" for role in ROLES
+                  if role in r["weight_error"])
+        + f"<td>{_num(r['recovery'])} ({_num(r['ci_low'])}–{_num(r['ci_high'])})</td></tr>"
+        for r in rows
+    )
+    roles = [role for role in ROLES if role in rows[0]["weight_error"]]
+    table = ("<table><tr><th>setting</th>" + "".join(f"<th>rel. weight error {e(r)}</th>" for r in roles)
+             + f"<th>recovery (95% CI)</th></tr>{err}</table>")
+    page.section(
+        "Quantization",
+        page.figure(fig, "R = (S(U_q) − S(N_q)) / (S(B_q) − S(N_q)): every model quantized at the same setting.")
+        + page.figure(fig2, "Knowledge score of quantized B, U and N on the forget set.")
+        + table + _notes(res),
+        "quantization",
+    )
+
+
+@section("relearn")
+def relearn_section(page: Page, res: LensResult) -> None:
+    curves = res.data.get("curves", {})
+    if not curves:
+        return
+    titles = {"split": "Fine-tune on half A, score half B (Deeb & Roger)",
+              "retain": "Fine-tune on a few retain items, score the forget set (Łucki et al.)"}
+    body = ""
+    for variant, rows in curves.items():
+        fig = go.Figure()
+        for role in ROLES:
+            if role in rows[0]:
+                fig.add_trace(go.Scatter(name=f"S({role})", mode="lines+markers", x=[r["steps"] for r in rows],
+                                         y=[r[role] for r in rows], marker_color=ROLE_COLORS[role]))
+        scored = [r for r in rows if _finite(r.get("recovery")) is not None]
+        fig.add_trace(go.Scatter(name="recovery R", mode="lines+markers", x=[r["steps"] for r in scored],
+                                 y=[r["recovery"] for r in scored], error_y=_err(scored), yaxis="y2",
+                                 line={"dash": "dot", "color": "#ff7f0e"}))
+        chance = res.data.get("chance", {}).get(variant)
+        if chance is not None:
+            fig.add_hline(y=chance, line_dash="dash", line_color="#bbb", annotation_text="chance")
+        fig.update_layout(title=titles.get(variant, variant), xaxis_title="fine-tuning steps",
+                          yaxis={"title": "knowledge score S", "range": [0, 1.05]},
+                          yaxis2={"title": "recovery R", "overlaying": "y", "side": "right"}, height=380)
+        bad = [r["steps"] for r in scored if r.get("side_effect_ok") is False]
+        cap = "Scores on the held-out items after fine-tuning copies of B, U and N identically."
+        if bad:
+            cap += f" Retain side effects too large at {', '.join(map(str, bad))} steps (those recoveries do not count)."
+        body += page.figure(fig, cap)
+    split = res.data.get("split", {})
+    if split:
+        body += (f"<p class='cap'>Split by subject: {split.get('n_subjects_a', '?')} subjects in A, "
+                 f"{split.get('n_subjects_b', '?')} in B.</p>")
+    page.section("Relearning", body + _notes(res), "relearn")
+
+
+@section("leak_at_k")
+def leak_at_k_section(page: Page, res: LensResult) -> None:
+    d = res.data
+    if not d.get("leak"):
+        return
+    fig = go.Figure()
+    for role in ROLES:
+        if role not in d["leak"]:
+            continue
+        fig.add_trace(go.Scatter(name=f"leak@k {role}", mode="lines+markers", x=d["ks"], y=d["leak"][role],
+                                 marker_color=ROLE_COLORS[role]))
+        fig.add_trace(go.Scatter(name=f"greedy {role}", mode="lines", x=[d["ks"][0], d["ks"][-1]],
+                                 y=[d["greedy"][role]] * 2, line={"dash": "dot", "color": ROLE_COLORS[role]}))
+    fig.update_layout(title=f"leak@k over {d['n']} samples per prompt", xaxis={"title": "k", "type": "log"},
+                      yaxis={"title": "fraction of forget items leaked", "range": [0, 1.05]}, height=380)
+    page.section(
+        "leak@k",
+        page.figure(fig, "Unbiased leak@k = 1 − C(n−c, k)/C(n, k) (solid) against greedy exact match (dotted); "
+                    f"matcher: {d.get('matcher', '')}, {d.get('max_new_tokens', '?')} new tokens per sample.")
+        + _notes(res),
+        "leak_at_k",
+    )
