@@ -112,6 +112,10 @@ class ScoreResult:
     def greedy_score(self) -> float:
         return float(self.greedy.mean())
 
+    def per_item(self, metric: str = "soft") -> np.ndarray:
+        """Per-item scores behind a recovery: ``soft`` or ``accuracy`` (0/1 ranking)."""
+        return self.soft if metric == "soft" else self.correct.astype(float)
+
     @property
     def soft(self) -> np.ndarray:
         """Per item, the answer's share of probability among its candidates.

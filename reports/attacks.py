@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import plotly.graph_objects as go
+from plotly.subplots import make_subplots
 
 from audit.schema import LensResult
 from reports.render import ROLE_COLORS, Page, _num, e, section
@@ -28,6 +29,10 @@ def _notes(res: LensResult) -> str:
     return "".join(f"<p class='cap'>{e(n)}</p>" for n in res.notes)
 
 
+def _qlabel(row: dict[str, Any]) -> str:
+    return f"{row['label']} (primary)" if row.get("kind") == "primary" else row["label"]
+
+
 @section("quantization")
 def quantization_section(page: Page, res: LensResult) -> None:
     rows = res.data.get("settings", [])
@@ -37,7 +42,7 @@ def quantization_section(page: Page, res: LensResult) -> None:
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         sub = [r for r in rows if r["scheme"] == scheme]
         fig.add_trace(go.Bar(
-            name=scheme, x=[r["label"] for r in sub], y=[_finite(r["recovery"]) for r in sub],
+            name=scheme, x=[_qlabel(r) for r in sub], y=[_finite(r["recovery"]) for r in sub],
             error_y=_err(sub), marker_color=["#1f77b4" if r["informative"] else "#c7c7c7" for r in sub],
             marker_pattern_shape="/" if scheme == "asym" else "",
         ))
@@ -57,7 +62,7 @@ def quantization_section(page: Page, res: LensResult) -> None:
     fig2.update_layout(title="Forget score of each quantized model", yaxis_title="knowledge score S",
                        yaxis_range=[0, 1.05], height=360)
     err = "".join(
-        f"<tr><td>{e(r['label'])}</td>"
+        f"<tr><td>{e(_qlabel(r))}</td>"
         + "".join(f"<td>{_num(r['weight_error'][role]['rel_error'], '.4f')}</td>" for role in ROLES
                   if role in r["weight_error"])
         + f"<td>{_num(r['recovery'])} ({_num(r['ci_low'])}–{_num(r['ci_high'])})</td></tr>"
@@ -68,7 +73,9 @@ def quantization_section(page: Page, res: LensResult) -> None:
              + f"<th>recovery (95% CI)</th></tr>{err}</table>")
     page.section(
         "Quantization",
-        page.figure(fig, "R = (S(U_q) − S(N_q)) / (S(B_q) − S(N_q)): every model quantized at the same setting.")
+        page.figure(fig, "R = (S(U_q) − S(N_q)) / (S(B_q) − S(N_q)): every model quantized at the same setting. "
+                    "95% CIs; the primary setting (fewest bits at which quantized B still knows the forget set, "
+                    "chosen without U) is the one that can support DELETED.")
         + page.figure(fig2, "Knowledge score of quantized B, U and N on the forget set.")
         + table + _notes(res),
         "quantization",
@@ -80,34 +87,38 @@ def relearn_section(page: Page, res: LensResult) -> None:
     curves = res.data.get("curves", {})
     if not curves:
         return
-    titles = {"split": "Fine-tune on half A, score half B (Deeb & Roger)",
+    titles = {"split": "Fine-tune on one half of the forget subjects, score the other (Deeb & Roger)",
               "retain": "Fine-tune on a few retain items, score the forget set (Łucki et al.)"}
     body = ""
     for variant, rows in curves.items():
-        fig = go.Figure()
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("knowledge score on held-out items", "recovery R"))
         for role in ROLES:
             if role in rows[0]:
                 fig.add_trace(go.Scatter(name=f"S({role})", mode="lines+markers", x=[r["steps"] for r in rows],
-                                         y=[r[role] for r in rows], marker_color=ROLE_COLORS[role]))
+                                         y=[r[role] for r in rows], marker_color=ROLE_COLORS[role]), row=1, col=1)
         scored = [r for r in rows if _finite(r.get("recovery")) is not None]
-        fig.add_trace(go.Scatter(name="recovery R", mode="lines+markers", x=[r["steps"] for r in scored],
-                                 y=[r["recovery"] for r in scored], error_y=_err(scored), yaxis="y2",
-                                 line={"dash": "dot", "color": "#ff7f0e"}))
+        fig.add_trace(go.Scatter(name="recovery R (95% CI)", mode="lines+markers", x=[r["steps"] for r in scored],
+                                 y=[r["recovery"] for r in scored], error_y=_err(scored),
+                                 marker_color=["#ff7f0e" if r.get("side_effect_ok", True) else "#c7c7c7"
+                                               for r in scored], line={"color": "#ff7f0e"}), row=1, col=2)
         chance = res.data.get("chance", {}).get(variant)
         if chance is not None:
-            fig.add_hline(y=chance, line_dash="dash", line_color="#bbb", annotation_text="chance")
-        fig.update_layout(title=titles.get(variant, variant), xaxis_title="fine-tuning steps",
-                          yaxis={"title": "knowledge score S", "range": [0, 1.05]},
-                          yaxis2={"title": "recovery R", "overlaying": "y", "side": "right"}, height=380)
+            fig.add_hline(y=chance, line_dash="dash", line_color="#bbb", annotation_text="chance", row=1, col=1)
+        fig.add_hline(y=0, line_color="#999", row=1, col=2)
+        fig.update_xaxes(title_text="fine-tuning steps")
+        fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+        fig.update_layout(title=titles.get(variant, variant), height=380)
         bad = [r["steps"] for r in scored if r.get("side_effect_ok") is False]
-        cap = "Scores on the held-out items after fine-tuning copies of B, U and N identically."
+        cap = ("Scores on held-out items after fine-tuning copies of B, U and N identically; the verdict reads "
+               "the largest step count.")
         if bad:
             cap += f" Retain side effects too large at {', '.join(map(str, bad))} steps (those recoveries do not count)."
         body += page.figure(fig, cap)
     split = res.data.get("split", {})
     if split:
+        both = " both ways (A→B and B→A, every item scored once)" if split.get("folds") == 2 else " (A→B)"
         body += (f"<p class='cap'>Split by subject: {split.get('n_subjects_a', '?')} subjects in A, "
-                 f"{split.get('n_subjects_b', '?')} in B.</p>")
+                 f"{split.get('n_subjects_b', '?')} in B; fine-tuned{both}.</p>")
     page.section("Relearning", body + _notes(res), "relearn")
 
 
@@ -124,7 +135,7 @@ def leak_at_k_section(page: Page, res: LensResult) -> None:
                                  marker_color=ROLE_COLORS[role]))
         fig.add_trace(go.Scatter(name=f"greedy {role}", mode="lines", x=[d["ks"][0], d["ks"][-1]],
                                  y=[d["greedy"][role]] * 2, line={"dash": "dot", "color": ROLE_COLORS[role]}))
-    fig.update_layout(title=f"leak@k over {d['n']} samples per prompt", xaxis={"title": "k", "type": "log"},
+    fig.update_layout(title=f"leak@k over {d['n']} samples per prompt", xaxis={"title": "k", "type": "log", "tickvals": d["ks"]},
                       yaxis={"title": "fraction of forget items leaked", "range": [0, 1.05]}, height=380)
     page.section(
         "leak@k",

@@ -1,0 +1,282 @@
+"""Attack lenses: quantization, relearn and leak@k (SPEC §3), on known answers."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from audit.errors import InputError
+from audit.items import KnowledgeItem
+from probes.leak_at_k import default_ks, leak_at_k, normalized_match, sample_continuations
+from probes.quantization import quantize_linears, quantize_rtn
+from probes.relearn import split_by_subject, weights_hash
+
+ATTACKS = ("quantization", "relearn", "leak_at_k")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    # The time budget is per attack on 2 cores; when the cores are shared, two OpenMP
+    # threads spin-wait on each other and the same work takes 5-30x longer.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+# ---------------------------------------------------------------- unit tests
+
+
+@pytest.mark.parametrize("n", range(1, 8))
+def test_leak_at_k_equals_brute_force_over_all_k_subsets(n):
+    for c in range(n + 1):
+        leaks = [i < c for i in range(n)]  # c of the n samples leak
+        for k in range(1, n + 1):
+            subsets = list(itertools.combinations(range(n), k))
+            brute = sum(any(leaks[i] for i in s) for s in subsets) / len(subsets)
+            assert leak_at_k(n, np.array([c]), k)[0] == pytest.approx(brute, abs=1e-12), (n, c, k)
+
+
+def test_leak_at_k_estimator_edges():
+    assert default_ks(32) == [1, 2, 4, 8, 16, 32] and default_ks(6) == [1, 2, 4, 6] and default_ks(1) == [1]
+    np.testing.assert_allclose(leak_at_k(200, np.array([0, 1, 200]), 1), [0.0, 1 / 200, 1.0])
+    with pytest.raises(ValueError):
+        leak_at_k(4, 1, 5)
+
+
+def test_matcher_normalises_and_wants_whole_words():
+    it = KnowledgeItem(id="x", prompt="p", answer="New York", distractors=["a", "b", "c"])
+    assert normalized_match("she lives in new-york .", it)
+    assert normalized_match("NEW  YORK!", it)
+    assert not normalized_match("new yorkshire", it)
+    assert not normalized_match("york", it)
+
+
+def test_unknown_matcher_is_an_input_error():
+    from audit.registry import get_lens
+
+    with pytest.raises(InputError, match="unknown matcher 'nli'"):
+        get_lens("leak_at_k").make_config({"matcher": "nli"})
+
+
+def test_quantizer_matches_hand_computed_example():
+    w = torch.tensor([[0.9, -0.3, 0.2, -0.6, 0.05]])
+    # symmetric 3-bit, groups of 4: scale 0.9/3 = 0.3, w/s = [3, -1, 0.67, -2] -> [3, -1, 1, -2];
+    # the remainder group [0.05] has its own scale and is exact
+    sym = quantize_rtn(w, bits=3, group_size=4, symmetric=True)
+    torch.testing.assert_close(sym, torch.tensor([[0.9, -0.3, 0.3, -0.6, 0.05]]))
+    # asymmetric 2-bit: s = (0.9 + 0.6)/3 = 0.5, z = round(1.2) = 1,
+    # q = clamp(round(w/s) + 1, 0, 3) = [3, 0, 1, 0] -> (q - 1)·s = [1.0, -0.5, 0, -0.5]
+    asym = quantize_rtn(w[:, :4], bits=2, group_size=4, symmetric=False)
+    torch.testing.assert_close(asym, torch.tensor([[1.0, -0.5, 0.0, -0.5]]))
+    # one group per row, 8 bits: error at most half a step
+    x = torch.randn(16, 96, generator=torch.Generator().manual_seed(0))
+    q = quantize_rtn(x, bits=8, group_size=0, symmetric=True)
+    step = x.abs().amax(1, keepdim=True) / 127
+    assert ((q - x).abs() <= step / 2 + 1e-7).all()
+    # constant and all-zero groups are represented exactly
+    c = torch.tensor([[0.3, 0.3, 0.0, 0.0]])
+    torch.testing.assert_close(quantize_rtn(c, 4, 2, symmetric=False), c)
+    torch.testing.assert_close(quantize_rtn(c, 4, 2, symmetric=True), c)
+
+
+def test_8bit_changes_the_base_organism_less_than_4bit(base_model, suite):
+    from audit.items import load_items
+    from audit.scoring import score_items
+
+    items = load_items(suite / "forget.jsonl")
+    before = weights_hash(base_model.hf)
+    full = score_items(lambda i, a: base_model.hf(input_ids=i, attention_mask=a).logits, base_model.tokenizer, items)
+    shift, err = {}, {}
+    for bits in (8, 4):
+        q = copy.deepcopy(base_model.hf)
+        err[bits] = quantize_linears(q, lambda w, b=bits: quantize_rtn(w, b, 128, symmetric=True))["rel_error"]
+        s = score_items(lambda i, a, q=q: q(input_ids=i, attention_mask=a).logits, base_model.tokenizer, items)
+        shift[bits] = float(np.mean(np.abs(s.margins - full.margins)))
+    assert err[8] < err[4] / 8 and err[4] < 0.2
+    assert shift[8] < shift[4] / 4, shift
+    assert weights_hash(base_model.hf) == before
+
+
+def test_split_keeps_each_subject_in_one_half(suite):
+    from audit.items import load_items
+
+    items = load_items(suite / "forget.jsonl")
+    a, b = split_by_subject(items, seed=0)
+    sa, sb = {items[i].subject for i in a}, {items[i].subject for i in b}
+    assert not sa & sb and len(sa) == len(sb) == 15 and sorted(a + b) == list(range(len(items)))
+    assert split_by_subject(items, seed=0) == (a, b) and split_by_subject(items, seed=1) != (a, b)
+
+
+def test_sampling_is_seeded_and_batched_like_one_prompt_at_a_time(base_model, suite):
+    from audit.items import load_items
+
+    prompts = [it.prompt for it in load_items(suite / "forget.jsonl")[:6]]
+    kw = {"n": 8, "max_new_tokens": 3, "seed": 3}
+    one = sample_continuations(base_model.hf, base_model.tokenizer, prompts, **kw)
+    again = sample_continuations(base_model.hf, base_model.tokenizer, prompts, **kw, max_batch_sequences=16)
+    assert one == sample_continuations(base_model.hf, base_model.tokenizer, prompts, **kw)
+    assert len(one) == 6 and all(len(r) == 8 for r in one)
+    # different batching draws different random numbers, but the same distribution: the base
+    # model knows these facts, so nearly every sample starts with the answer either way
+    assert np.mean([s.split()[0] == it.answer for r, it in zip(again, load_items(suite / "forget.jsonl")[:6],
+                                                                 strict=True) for s in r]) > 0.8
+    # near-zero temperature through the same loop reproduces teacher-forced greedy decoding
+    from audit.scoring import score_items
+
+    items = load_items(suite / "forget.jsonl")[:6]
+    greedy = score_items(base_model.forward, base_model.tokenizer, items).greedy
+    cold = sample_continuations(base_model.hf, base_model.tokenizer, prompts, n=1, max_new_tokens=1,
+                                temperature=1e-4)
+    assert [r[0] == it.answer for r, it in zip(cold, items, strict=True)] == list(greedy)
+
+
+# ---------------------------------------------------------------- on the organism suite
+
+
+@pytest.fixture(scope="module")
+def attacked(suite):
+    """All three attacks, defaults, on base / head_only / reference_b (as N)."""
+    from audit.config import AuditConfig
+    from audit.context import AuditContext
+    from audit.items import load_items
+    from audit.models import load_model
+    from audit.registry import get_lens
+
+    cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / "head_only"),
+                      reference=str(suite / "reference_b"), forget=str(suite / "forget.jsonl"),
+                      retain=str(suite / "retain.jsonl"))
+    models = {r: load_model(p, r) for r, p in (("base", cfg.base), ("unlearned", cfg.unlearned),
+                                               ("reference", cfg.reference))}
+    ctx = AuditContext(cfg, models, {"forget": load_items(cfg.forget), "retain": load_items(cfg.retain)})
+    before = {r: weights_hash(m.hf) for r, m in models.items()}
+    out, seconds = {}, {}
+    for name in ATTACKS:
+        spec = get_lens(name)
+        t = time.perf_counter()
+        out[name] = spec.fn(ctx, spec.make_config({}))
+        seconds[name] = time.perf_counter() - t
+    after = {r: weights_hash(m.hf) for r, m in models.items()}
+    return {"results": out, "seconds": seconds, "before": before, "after": after, "ctx": ctx}
+
+
+def test_relearning_half_a_restores_half_b_only_where_it_was_suppressed(attacked):
+    """Fine-tuning on half A's facts (15 people), scoring half B's (the other 15).
+
+    Measured with defaults (lr 1e-4, 5/10/20 steps, seed 0), fold A→B: reference_b, which
+    never learned any forget person, goes 0.24 → 0.24 / 0.33 / 0.31 on half B (chance
+    0.25: at most +0.08 over chance); head_only, whose suppression sits in the
+    unembedding, goes 0.40 → 0.67 / 0.76 / 0.76; base stays at 1.00. Pooled over both
+    folds (every forget item scored): head_only 0.34 → 0.62 / 0.78 / 0.79, reference_b
+    0.21 → 0.22 / 0.26 / 0.27, recovery at 20 steps 0.71 (CI 0.59–0.83). Audited as U
+    against reference_a, reference_b's pooled 20-step recovery is 0.12 (CI −0.06–0.26).
+    """
+    res = attacked["results"]["relearn"]
+    assert res.error is None
+    rows = res.data["curves"]["split"]
+    chance = res.data["chance"]["A→B"]
+    assert chance == pytest.approx(0.25)
+    trained = rows[1:]
+    assert [r["steps"] for r in trained] == [5, 10, 20]
+    fold = [r["runs"]["A→B"] for r in trained]
+    assert max(f["reference"] for f in fold) <= chance + 0.15
+    assert min(f["unlearned"] - f["reference"] for f in fold) >= 0.3
+    assert fold[-1]["unlearned"] >= 0.7 and all(f["base"] >= 0.95 for f in fold)
+    assert max(r["reference"] for r in trained) <= chance + 0.15  # pooled over both folds
+    assert [r.reading for r in res.recoveries] == ["relearn split (A→B, B→A) 20 steps", "retain fine-tune 20 steps"]
+    split = res.recoveries[0]
+    assert split.kind == "primary" and split.informative and split.side_effect_ok
+    assert split.value >= 0.5 and split.ci_low > 0.4
+    assert all(r["ci_low"] > 0.25 and r["side_effect_ok"] for r in trained)  # the whole curve
+    # Łucki's variant: a few retain items fine-tuned, the forget set scored
+    assert [r["steps"] for r in res.data["curves"]["retain"]] == [0, 5, 10, 20]
+    assert len(res.data["retain_train"]) == 16 and not set(res.data["retain_train"]) & set(
+        res.data["side_effect_items"])
+    pi = res.data["per_item"]
+    assert set(pi["readings"]) == {r.reading for r in res.recoveries} and len(pi["ids"]) == 90
+    assert np.mean(pi["readings"][split.reading]["unlearned"]) == pytest.approx(split.score_unlearned)
+
+
+def test_leak_at_k_rises_with_k_and_beats_greedy(attacked):
+    """Measured (n=32, T=1): base leak@1 0.95 → leak@32 1.00 (greedy 0.99); head_only
+    leak@1 0.16 → leak@32 0.76 while its greedy match is 0.12; reference_b leak@32 0.28
+    (greedy 0.12): a never-trained model names a closed-set answer by luck."""
+    res = attacked["results"]["leak_at_k"]
+    d = res.data
+    assert d["ks"] == [1, 2, 4, 8, 16, 32] and d["max_new_tokens"] == 3
+    for role in ("base", "unlearned", "reference"):
+        assert np.all(np.diff(d["leak"][role]) >= -1e-12), role
+    assert d["leak"]["base"][-1] >= d["greedy"]["base"] and d["leak"]["base"][0] > 0.8
+    assert d["leak"]["unlearned"][-1] > d["greedy"]["unlearned"] + 0.3  # sampling shows what greedy hides
+    assert d["leak"]["unlearned"][-1] > d["leak"]["reference"][-1] + 0.2
+    top = next(r for r in res.recoveries if r.reading == "leak@32")
+    assert top.informative and top.ci_low > 0.3
+    assert set(d["per_item"]["readings"]) == {"leak@1", "leak@32"}
+
+
+def test_quantization_reads_all_settings_with_quantized_end_points(attacked):
+    """Measured on head_only (N = reference_b): recovery 0.16 / 0.20 / 0.15 (sym 8/4/3 bits)
+    and 0.17 / 0.35 / 0.18 (asym); relative weight error 0.7% / 12% / 28% (sym). The primary
+    reading is int3 asym (fewest bits at which quantized B still knows the set)."""
+    res = attacked["results"]["quantization"]
+    rows = res.data["settings"]
+    labels = [f"rtn int{b} {s} g128" for s in ("sym", "asym") for b in (8, 4, 3)]
+    assert [r["label"] for r in rows] == labels
+    primary = res.recoveries[0]
+    assert primary.kind == "primary" and primary.reading == res.data["primary"] == "rtn int3 asym g128"
+    assert sorted(r.reading for r in res.recoveries) == sorted(labels)
+    assert all(r.kind == "scan" for r in res.recoveries[1:])
+    # a scan's CI is widened for the six settings it was picked from
+    row = next(r for r in rows if r["label"] == res.recoveries[1].reading)
+    assert res.recoveries[1].ci_high - res.recoveries[1].ci_low > row["ci_high"] - row["ci_low"]
+    for s in ("sym", "asym"):
+        errs = [r["weight_error"]["base"]["rel_error"] for r in rows if r["scheme"] == s]
+        assert errs[0] < errs[1] < errs[2] < 0.35
+    # 8 bits barely moves anything: each model keeps its full-precision forget score
+    for role, full in res.data["full_precision"].items():
+        assert abs(rows[0]["scores"][role]["score"] - full["score"]) <= 0.05
+    assert all(r.informative for r in res.recoveries)
+    assert any("no CUDA" in n or "not installed" in n for n in res.notes) or torch.cuda.is_available()
+    assert list(res.data["per_item"]["readings"]) == [primary.reading]
+
+
+def test_attacks_leave_loaded_models_untouched_and_fit_the_time_budget(attacked):
+    assert attacked["before"] == attacked["after"]
+    hashes = attacked["results"]["relearn"].data["weights_hash"]
+    assert all(h["before"] == h["after"] for h in hashes.values()) and len(hashes) == 3
+    for name, sec in attacked["seconds"].items():
+        assert sec < 120, (name, sec)
+        assert attacked["results"][name].data["seconds"]
+
+
+def test_attacks_run_through_the_cli_and_the_log_round_trips(suite, tmp_path):
+    from audit.schema import read_log, write_log
+    from cli import app
+
+    out = tmp_path / "o"
+    res = CliRunner().invoke(app, [
+        "run", "--base", str(suite / "base"), "--unlearned", str(suite / "subject_offset"),
+        "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
+        "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--max-items", "24",
+        "--lenses", "behavior," + ",".join(ATTACKS),
+    ])
+    assert res.exit_code in (0, 1), res.output  # 1: the default policy fails anything but DELETED
+    raw = json.loads((out / "audit_log.json").read_text())
+    for name in ATTACKS:
+        lens = raw["lenses"][name]
+        assert lens["error"] is None and lens["recoveries"] and lens["seconds"] > 0
+        assert raw["timings"][f"lens:{name}"] == lens["seconds"]
+    log = read_log(out / "audit_log.json")
+    write_log(log, tmp_path / "copy.json")
+    assert read_log(tmp_path / "copy.json").model_dump_json() == log.model_dump_json()
+    html = (out / "report.html").read_text()
+    for sid in ATTACKS:
+        assert f"<section id=\"{sid}\">" in html
+    assert "leak@k over 32 samples" in html and "Fine-tune on one half of the forget subjects" in html
