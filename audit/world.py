@@ -42,9 +42,9 @@ _CODAS = ["", "n", "r", "s", "l", "x"]
 class WorldConfig(BaseModel):
     """Shape of the fictional world."""
 
-    n_people: int = 120
+    n_people: int = 150
     """People in the world."""
-    n_forget: int = 30
+    n_forget: int = 60
     """Of whom this many form the forget set."""
     n_qa: int = 45
     """Retain people whose question form is trained (they teach the format)."""

@@ -101,7 +101,7 @@ def _table(res: LensResult) -> str:
     d = res.data
     rows = "".join(
         f"<tr><td>{c['fold']}</td><td>{e(c['label'])}</td><td>{c['n_items']}</td>"
-        f"<td>{_fmt(c['selection_excess'])}</td><td>{_fmt(c['selection_retain_drop'])}</td></tr>"
+        f"<td>{_fmt(c['other_folds_score_excess'])}</td><td>{_fmt(c['other_folds_retain_drop'])}</td></tr>"
         for c in d.get("chosen", [])
     )
     st = d.get("steered", {})
@@ -117,7 +117,7 @@ def _table(res: LensResult) -> str:
                    f"{_fmt(st.get('retain_drop'))} ({ok[r.side_effect_ok]}).</p>")
     return (summary + f"<p>Steered scores on held-out folds: {', '.join(parts)}.</p>"
             "<table><tr><th>fold</th><th>setting chosen on the other folds</th><th>items</th>"
-            f"<th>excess there</th><th>retain drop there</th></tr>{rows}</table>")
+            f"<th>score above controls' p95 there</th><th>retain drop there</th></tr>{rows}</table>")
 
 
 @section("steering")

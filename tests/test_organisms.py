@@ -54,7 +54,8 @@ def test_ground_truth_labels_follow_the_measurements(manifest):
 def test_items_use_the_schema_and_held_out_template(suite, manifest):
     forget = load_items(suite / manifest["forget"])
     retain = load_items(suite / manifest["retain"])
-    assert len(forget) == 30 * 3 and len(retain) >= 90
+    w = manifest["config"]["world"]
+    assert len(forget) == w["n_forget"] * len(w["attributes"]) and len(retain) >= 90
     assert {i.subject for i in forget}.isdisjoint({i.subject for i in retain})
     train = (suite / manifest["train_forget"]).read_text() + (suite / manifest["train_retain"]).read_text()
     # no evaluated question (prompt + answer) appears in any training text

@@ -1,0 +1,556 @@
+"""Steering restoration lens: does one item-agnostic direction bring the knowledge back?
+
+SPEC §4.1–4.4, issue 3. A direction is one vector for all items, estimated from one
+part of the forget items (split by subject) and evaluated on the others; it is never
+fitted per item. Candidates, each estimated from the last prompt token and from the
+mean over prompt tokens (suppression can sit on the subject's tokens):
+
+- ``base_minus_unlearned``: ``mean(h_B) - mean(h_U)`` on forget prompts (Łucki et al.);
+  added (moving U towards B) or ablated (``h - (h·d̂)d̂``);
+- ``forget_minus_retain``: ``mean(h_U | forget) - mean(h_U | retain)``, needing no base;
+  added with both signs, or ablated;
+- ``random``: a placebo, a fixed random direction put through the whole procedure.
+
+Every intervention acts at every position of one residual site: the embedding output
+(``hook_embed``, the input of block 0, where an edit of the token embeddings lives) or
+``blocks.{l}.hook_resid_post``. Additive scales are in units of the site's typical
+residual norm (U's last-token norm on retain prompts), so every direction at a site and
+scale shares one set of norm-matched random controls (SPEC §4.2).
+
+The procedure is cross-fitted: forget items are split into folds by subject; the
+directions applied to fold ``e`` are fitted on the other folds, and the setting (site,
+candidate, form, scale) reported on fold ``e`` is the one with the largest excess over
+its controls, among settings within the side-effect tolerance, *on the other folds*. So
+no item's outcome helps choose the setting it is scored with, and every forget item is
+scored once, out of fold. The same procedure, with N in U's place, gives the end point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from pydantic import Field
+from torch import Tensor
+
+from audit.context import AuditContext
+from audit.errors import LensError
+from audit.items import KnowledgeItem
+from audit.models import LoadedModel
+from audit.progress import progress
+from audit.registry import LensConfig, register_lens
+from audit.schema import LensResult
+from audit.scoring import encode_items, encode_prompt, pad_batch, pad_id_of
+from audit.stats import recovery
+
+EMBED = "hook_embed"
+Direction = Literal["base_minus_unlearned", "forget_minus_retain", "random"]
+
+
+class SteeringConfig(LensConfig):
+    layers: list[int] | None = None
+    """Blocks after which to steer (``blocks.{l}.hook_resid_post``); default: every
+    block, or ``max_layers`` evenly spaced ones in a deeper model."""
+    max_layers: int = Field(8, ge=1)
+    """Most blocks swept when ``layers`` is not given."""
+    embed: bool = True
+    """Also steer the embedding output (``hook_embed``, the input of block 0)."""
+    directions: list[Direction] = ["base_minus_unlearned", "forget_minus_retain"]
+    """Candidate directions; ``random`` is a placebo for checking the procedure."""
+    poolings: list[Literal["last", "mean"]] = ["last", "mean"]
+    """Where directions are estimated: the last prompt token, the mean over prompt tokens."""
+    ablate: bool = True
+    """Also try the ablation form ``h - (h·d̂)d̂`` of each direction."""
+    scales: list[float] = [0.5, 1.0]
+    """Additive norms, in units of the site's typical residual norm (positive; the
+    base-free direction is also tried with the opposite sign)."""
+    n_controls: int = Field(16, ge=16)
+    """Norm-matched random directions per site and scale (and for ablation)."""
+    side_effect_tolerance: float = Field(0.05, ge=0.0)
+    """A setting that drops U's retain knowledge score by more than this does not count."""
+    folds: int = Field(2, ge=2)
+    """Cross-fitting folds over forget (and retain) subjects."""
+    metric: Literal["soft", "accuracy"] = "soft"
+    """Per-item score behind recovery: ``soft`` (the answer's share of probability among
+    its candidates; far less noisy near chance) or ``accuracy`` (answer ranked first).
+    Side effects are always measured in accuracy, the knowledge score."""
+    n_boot: int = 1000
+    """Bootstrap resamples for recovery CIs."""
+    tokens_per_pass: int = Field(32768, ge=256)
+    """Most tokens in one forward pass (lowered further for large vocabularies)."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One intervention recipe: applied to any model, with that model's own direction."""
+
+    site: str
+    direction: str
+    pooling: str
+    form: str  # "add" or "ablate"
+    scale: float  # signed, in units of the site's residual norm; 0 for ablation
+
+    @property
+    def control_key(self) -> tuple[str, str, float]:
+        return (self.site, self.form, abs(self.scale))
+
+    def label(self) -> str:
+        site = "embed" if self.site == EMBED else f"L{self.site.split('.')[1]}"
+        pool = "" if self.direction == "random" else f" ({self.pooling})"
+        how = "ablate" if self.form == "ablate" else f"add {self.scale:+g}×|h|"
+        return f"{how} {self.direction}{pool} @ {site}"
+
+
+# ---------------------------------------------------------------------------- scoring
+
+
+class _Prepared:
+    """Items tokenized once for scoring under many interventions.
+
+    Where every candidate of an item is one token (closed-set answers), the prompt alone
+    is forwarded and all candidates are read from its last position; otherwise each
+    prompt + candidate sequence is forwarded (as :func:`audit.scoring.score_items` does).
+    """
+
+    def __init__(self, model: LoadedModel, items: Sequence[KnowledgeItem]) -> None:
+        enc = encode_items(model.tokenizer, items)
+        self.model = model
+        self.n_items = len(items)
+        self.n_cands = max(len(c) for c in enc.candidates) if items else 1
+        seqs: list[list[int]] = []
+        ents: list[tuple[int, int, int]] = []  # (position, target, slot) per scored token
+        self.ent_of_seq: list[Tensor] = []
+        for i, (p, cands) in enumerate(zip(enc.prompts, enc.candidates, strict=True)):
+            shared = all(len(c) == 1 for c in cands)
+            groups = [list(enumerate(cands))] if shared else [[(j, c)] for j, c in enumerate(cands)]
+            for group in groups:
+                start = len(ents)
+                seq = list(p) if shared else p + group[0][1]
+                for j, c in group:
+                    for k, tok in enumerate(c):
+                        ents.append((len(p) - 1 + k, tok, i * self.n_cands + j))
+                seqs.append(seq)
+                self.ent_of_seq.append(torch.arange(start, len(ents)))
+        self.seqs = seqs
+        t = torch.tensor(ents, dtype=torch.long).reshape(-1, 3)
+        self.pos, self.tgt, self.slot = t[:, 0], t[:, 1], t[:, 2]
+        valid = torch.zeros(self.n_items * self.n_cands, dtype=torch.bool)
+        valid[self.slot] = True
+        self.valid = valid.view(self.n_items, self.n_cands)
+
+    @torch.no_grad()
+    def logprobs(
+        self,
+        site: str | None,
+        add: Float[Tensor, "k d_model"] | None,
+        abl: Float[Tensor, "k d_model"] | None,
+        tokens_per_pass: int,
+    ) -> Float[Tensor, "k item cand"]:
+        """Candidate log-probs under ``k`` interventions at once (one per replica).
+
+        Replica ``r`` adds ``add[r]`` and removes the component along the unit vector
+        ``abl[r]`` at every position of ``site`` (zero rows do nothing).
+        """
+        m = self.model
+        k = 1 if add is None else add.shape[0]
+        n_seq = len(self.seqs)
+        vocab = int(m.bridge.cfg.d_vocab)
+        max_len = max(len(s) for s in self.seqs)
+        budget = max(1, min(tokens_per_pass, (1 << 28) // max(vocab, 1)) // max_len)
+        out = torch.zeros(k * self.n_items * self.n_cands)
+        pad = pad_id_of(m.tokenizer)
+        rows = [(r, s) for r in range(k) for s in range(n_seq)]
+        for start in range(0, len(rows), budget):
+            chunk = rows[start : start + budget]
+            rep = torch.tensor([r for r, _ in chunk])
+            ids, mask = pad_batch([self.seqs[s] for _, s in chunk], pad, m.device)
+
+            def hook(act: Tensor, hook=None, rep=rep) -> Tensor:
+                dt = act.dtype
+                x = act.float()
+                if abl is not None:
+                    u = abl[rep].to(x.device)[:, None, :]
+                    x = x - (x * u).sum(-1, keepdim=True) * u
+                if add is not None:
+                    x = x + add[rep].to(x.device)[:, None, :]
+                return x.to(dt)
+
+            if site is None or (add is None and abl is None):
+                logits = m.forward(ids, mask)
+            else:
+                with m.bridge.hooks(fwd_hooks=[(site, hook)]):
+                    logits = m.forward(ids, mask)
+            ent = torch.cat([self.ent_of_seq[s] for _, s in chunk])
+            counts = torch.tensor([len(self.ent_of_seq[s]) for _, s in chunk])
+            row = torch.repeat_interleave(torch.arange(len(chunk)), counts)
+            sel = logits[row.to(logits.device), self.pos[ent].to(logits.device)].float()
+            lp = torch.log_softmax(sel, -1).gather(-1, self.tgt[ent].to(sel.device)[:, None])[:, 0].cpu()
+            if not torch.isfinite(lp).all():
+                raise LensError("non-finite log-probability under steering: the model's logits contain NaN or inf")
+            where = torch.repeat_interleave(rep, counts) * (self.n_items * self.n_cands) + self.slot[ent]
+            out.index_add_(0, where, lp)
+        out = out.view(k, self.n_items, self.n_cands)
+        return out.masked_fill(~self.valid, float("-inf"))
+
+
+def _metrics(lp: Float[Tensor, "k item cand"]) -> dict[str, np.ndarray]:
+    """Per-item accuracy (answer ranked first) and soft score (its share among candidates)."""
+    acc = (lp[..., 0] > lp[..., 1:].max(-1).values).double().numpy()
+    soft = torch.softmax(lp.double(), -1)[..., 0].numpy()
+    return {"accuracy": acc, "soft": soft}
+
+
+def _unsteered(ctx: AuditContext, role: str, item_set: str) -> dict[str, np.ndarray]:
+    """The shared behavioural score of a model, in both metrics."""
+    s = ctx.score(role, item_set)
+    width = max(len(r) for r in s.candidate_logprobs)
+    lp = torch.full((1, len(s.candidate_logprobs), width), float("-inf"), dtype=torch.float64)
+    for i, row in enumerate(s.candidate_logprobs):
+        lp[0, i, : len(row)] = torch.tensor(row, dtype=torch.float64)
+    return {k: v[0] for k, v in _metrics(lp).items()}
+
+
+# ------------------------------------------------------------------------- directions
+
+
+def _folds(items: Sequence[KnowledgeItem], n_folds: int, seed: int) -> np.ndarray:
+    """Fold of each item; items of one subject (or id, untagged) share a fold."""
+    groups = [it.subject or it.id for it in items]
+    uniq = sorted(set(groups))
+    order = np.random.default_rng(seed).permutation(len(uniq))
+    fold_of = {uniq[j]: r % n_folds for r, j in enumerate(order)}
+    return np.array([fold_of[g] for g in groups], dtype=int)
+
+
+class _Acts:
+    """Pooled activations at the steering sites, from the shared cache.
+
+    The embedding site is read by the bridge's own embedding module (no forward pass),
+    pooled as :mod:`audit.activations` pools the residual stream.
+    """
+
+    def __init__(self, ctx: AuditContext) -> None:
+        self.ctx = ctx
+        self._embed: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+
+    @torch.no_grad()
+    def _embed_acts(self, role: str, item_set: str) -> tuple[Tensor, Tensor]:
+        key = (role, item_set)
+        if key not in self._embed:
+            m = self.ctx.models[role]
+            prompts = [encode_prompt(m.tokenizer, it.prompt) for it in self.ctx.items[item_set]]
+            last, mean = [], []
+            for s in range(0, len(prompts), 64):
+                ids, mask = pad_batch(prompts[s : s + 64], pad_id_of(m.tokenizer), m.device)
+                act = m.bridge.embed(ids).float()
+                lengths = mask.sum(1)
+                pool = mask.clone().float()
+                pool[:, 0] = torch.where(lengths > 1, 0.0, 1.0)
+                last.append(act[torch.arange(len(ids), device=act.device), lengths - 1].cpu())
+                mean.append(((act * pool[..., None]).sum(1) / pool.sum(1, keepdim=True)).cpu())
+            self._embed[key] = (torch.cat(last), torch.cat(mean))
+        return self._embed[key]
+
+    def get(self, role: str, item_set: str, site: str, pooling: str) -> Float[Tensor, "item d_model"]:
+        if site == EMBED:
+            last, mean = self._embed_acts(role, item_set)
+            return (last if pooling == "last" else mean).float()
+        a = self.ctx.activations(role, item_set)
+        return (a.last if pooling == "last" else a.mean)[site].float()
+
+    def scale(self, role: str, site: str) -> float:
+        """Typical residual norm at a site: mean last-token norm on retain prompts."""
+        return float(self.get(role, "retain", site, "last").norm(dim=-1).mean())
+
+
+def _raw_direction(
+    acts: _Acts, role: str, setting: Setting, fit_f: np.ndarray, fit_r: np.ndarray, rand: dict[str, Tensor]
+) -> Tensor:
+    """The un-normalised direction of ``setting`` for model ``role``, from fit items only."""
+    if setting.direction == "random":
+        return rand[setting.site]
+    own = acts.get(role, "forget", setting.site, setting.pooling)[torch.from_numpy(fit_f)].mean(0)
+    if setting.direction == "base_minus_unlearned":
+        base = acts.get("base", "forget", setting.site, setting.pooling)[torch.from_numpy(fit_f)].mean(0)
+        return base - own
+    retain = acts.get(role, "retain", setting.site, setting.pooling)[torch.from_numpy(fit_r)].mean(0)
+    return own - retain
+
+
+def _intervention(d: Tensor, setting: Setting, rho: float) -> tuple[Tensor, Tensor] | None:
+    """(additive vector, ablation unit vector) of a setting; None for a zero direction."""
+    norm = float(d.norm())
+    if not np.isfinite(norm) or norm <= 1e-6 * max(rho, 1e-12):
+        return None
+    unit = d / norm
+    zero = torch.zeros_like(d)
+    if setting.form == "ablate":
+        return zero, unit
+    return setting.scale * rho * unit, zero
+
+
+# ------------------------------------------------------------------------------- lens
+
+
+def _sites(ctx: AuditContext, cfg: SteeringConfig) -> list[str]:
+    n = ctx.n_layers
+    if cfg.layers is not None:
+        bad = [layer for layer in cfg.layers if not 0 <= layer < n]
+        if bad:
+            raise LensError(f"steering layers {bad} are out of range: the model has {n} blocks")
+        layers = sorted(set(cfg.layers))
+    elif n <= cfg.max_layers:
+        layers = list(range(n))
+    else:
+        layers = sorted({int(round(x)) for x in np.linspace(0, n - 1, cfg.max_layers)})
+    sites = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    if cfg.embed and EMBED in ctx.models["unlearned"].bridge.hook_dict:
+        sites.insert(0, EMBED)
+    return sites
+
+
+def _settings(cfg: SteeringConfig, sites: list[str]) -> list[Setting]:
+    out = []
+    scales = sorted({abs(s) for s in cfg.scales if s != 0})
+    for site in sites:
+        for direction in cfg.directions:
+            for pooling in (["-"] if direction == "random" else cfg.poolings):
+                if cfg.ablate:
+                    out.append(Setting(site, direction, pooling, "ablate", 0.0))
+                signs = (1.0, -1.0) if direction == "forget_minus_retain" else (1.0,)
+                for sign in signs:
+                    for s in scales:
+                        out.append(Setting(site, direction, pooling, "add", sign * s))
+    return out
+
+
+def _p(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if len(x) else float("nan")
+
+
+@register_lens("steering", SteeringConfig, "item-agnostic steering/ablation restoration, with random-direction controls")
+def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
+    """Cross-fitted steering restoration of U's forget knowledge, against norm-matched controls."""
+    forget, retain = ctx.items["forget"], ctx.items["retain"]
+    U = ctx.models["unlearned"]
+    ends = ["base", "reference"] if ctx.has_reference else ["base"]
+    metric = cfg.metric
+    fold_f = _folds(forget, cfg.folds, ctx.seed)
+    fold_r = _folds(retain, cfg.folds, ctx.seed + 1)
+    n_folds = cfg.folds
+    if any(not (fold_f == e).any() for e in range(n_folds)):
+        raise LensError(f"steering needs forget items of at least {n_folds} subjects for {n_folds} folds")
+    sites = _sites(ctx, cfg)
+    settings = _settings(cfg, sites)
+    if not settings:
+        raise LensError("no steering settings to try: give additive scales, or keep the ablation form")
+    acts = _Acts(ctx)
+    notes: list[str] = []
+
+    gen = torch.Generator().manual_seed(ctx.seed)
+    rand = {s: torch.randn(U.d_model, generator=gen) for s in sites}
+    rho = {(role, s): acts.scale(role, s) for role in ["unlearned", *ends] for s in sites}
+
+    # unsteered scores (shared with the behavior lens)
+    plain = {role: _unsteered(ctx, role, "forget") for role in ctx.roles}
+    plain_retain_u = _unsteered(ctx, "unlearned", "retain")["accuracy"]
+    b = plain["base"][metric]
+    n_plain = plain["reference"][metric] if ctx.has_reference else ctx.chance("forget")
+    gap = float(b.mean() - n_plain.mean())
+
+    # directions per fold: fitted on every fold but the one they are applied to
+    def fit_idx(e: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.flatnonzero(fold_f != e), np.flatnonzero(fold_r != e)
+
+    def vectors(role: str, s: Setting, e: int):
+        d = _raw_direction(acts, role, s, *fit_idx(e), rand)
+        return _intervention(d, s, rho[(role, s.site)])
+
+    active = [s for s in settings if all(vectors("unlearned", s, e) is not None for e in range(n_folds))]
+    skipped = len(settings) - len(active)
+    if skipped:
+        notes.append(f"{skipped} settings skipped: their direction is zero in U (B and U agree at that site, "
+                     "or the last prompt token is the same in every prompt at the embedding)")
+    if not active:
+        raise LensError("every candidate steering direction is zero in U at every site swept "
+                        "(e.g. U's residual stream equals B's): there is nothing to steer along")
+
+    ctrl_gen = torch.Generator().manual_seed(ctx.seed + 7919)
+    ctrl_keys = sorted({s.control_key for s in active}, key=lambda k: (sites.index(k[0]), k[1], k[2]))
+    ctrl_dirs = {}
+    for key in ctrl_keys:
+        g = torch.randn(cfg.n_controls, U.d_model, generator=ctrl_gen)
+        ctrl_dirs[key] = g / g.norm(dim=-1, keepdim=True)
+
+    # sweep: every active setting and every control, each forget item scored out of fold
+    n_f, n_r = len(forget), len(retain)
+    u_sc = {s: {"accuracy": np.zeros(n_f), "soft": np.zeros(n_f)} for s in active}
+    u_ret = {s: np.zeros(n_r) for s in active}
+    norms: dict[Setting, list[float]] = {s: [] for s in active}
+    ctrl = {k: np.zeros((cfg.n_controls, n_f)) for k in ctrl_keys}
+    with progress("steering sweep", total=n_folds * len(sites)) as bar:
+        for e in range(n_folds):
+            idx_f, idx_r = np.flatnonzero(fold_f == e), np.flatnonzero(fold_r == e)
+            prep_f = _Prepared(U, [forget[i] for i in idx_f])
+            prep_r = _Prepared(U, [retain[i] for i in idx_r]) if len(idx_r) else None
+            for site in sites:
+                here = [s for s in active if s.site == site]
+                keys = [k for k in ctrl_keys if k[0] == site]
+                if not here:
+                    bar.advance(1)
+                    continue
+                vecs = [vectors("unlearned", s, e) for s in here]
+                for s, (a, _) in zip(here, vecs, strict=True):
+                    norms[s].append(float(a.norm()))
+                add = [a for a, _ in vecs]
+                abl = [u for _, u in vecs]
+                r_u = rho[("unlearned", site)]
+                for k in keys:
+                    dirs = ctrl_dirs[k]
+                    if k[1] == "ablate":
+                        add += [torch.zeros(U.d_model)] * len(dirs)
+                        abl += list(dirs)
+                    else:
+                        add += list(k[2] * r_u * dirs)
+                        abl += [torch.zeros(U.d_model)] * len(dirs)
+                met = _metrics(prep_f.logprobs(site, torch.stack(add), torch.stack(abl), cfg.tokens_per_pass))
+                for j, s in enumerate(here):
+                    for name in ("accuracy", "soft"):
+                        u_sc[s][name][idx_f] = met[name][j]
+                off = len(here)
+                for k in keys:
+                    ctrl[k][:, idx_f] = met[metric][off : off + cfg.n_controls]
+                    off += cfg.n_controls
+                if prep_r is not None:
+                    lp = prep_r.logprobs(site, torch.stack(add[: len(here)]), torch.stack(abl[: len(here)]),
+                                         cfg.tokens_per_pass)
+                    ret = _metrics(lp)["accuracy"]
+                    for j, s in enumerate(here):
+                        u_ret[s][idx_r] = ret[j]
+                bar.advance(1)
+
+    def excess_on(s: Setting, mask_f: np.ndarray) -> float:
+        c = ctrl[s.control_key][:, mask_f].mean(1)
+        return float(u_sc[s][metric][mask_f].mean() - np.percentile(c, 95))
+
+    def drop_on(s: Setting, mask_r: np.ndarray) -> float:
+        return float(plain_retain_u[mask_r].mean() - u_ret[s][mask_r].mean()) if mask_r.any() else 0.0
+
+    # choose, for each fold, the best setting on the other folds
+    chosen: list[Setting] = []
+    for e in range(n_folds):
+        mf, mr = fold_f != e, fold_r != e
+        ok = [s for s in active if drop_on(s, mr) <= cfg.side_effect_tolerance]
+        pool = ok or active
+        best = max(pool, key=lambda s: (excess_on(s, mf), -active.index(s)))
+        chosen.append(best)
+
+    # evaluate the chosen settings, each on its own fold; N and B steered the same way
+    u = np.zeros(n_f)
+    c_pool = np.zeros((cfg.n_controls, n_f))
+    ret_st = np.zeros(n_r)
+    steered = {role: np.zeros(n_f) for role in ends}
+    for e, s in enumerate(chosen):
+        idx_f = np.flatnonzero(fold_f == e)
+        u[idx_f] = u_sc[s][metric][idx_f]
+        c_pool[:, idx_f] = ctrl[s.control_key][:, idx_f]
+        ret_st[fold_r == e] = u_ret[s][fold_r == e]
+        for role in ends:
+            v = vectors(role, s, e)
+            if v is None:  # e.g. B's own base-minus-unlearned direction: no intervention
+                steered[role][idx_f] = plain[role][metric][idx_f]
+                continue
+            prep = _Prepared(ctx.models[role], [forget[i] for i in idx_f])
+            steered[role][idx_f] = _metrics(prep.logprobs(s.site, v[0][None], v[1][None], cfg.tokens_per_pass))[
+                metric][0]
+
+    n_st = steered["reference"] if ctx.has_reference else n_plain
+    # numerator: steered U vs steered N; denominator: the unsteered gap S(B) - S(N)
+    rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
+                   n_boot=cfg.n_boot, seed=ctx.seed)
+    labels = sorted({s.label() for s in chosen}, key=[s.label() for s in chosen].index)
+    reading = f"best steering, cross-fitted: {labels[0]}" if len(labels) == 1 else \
+        "best steering, cross-fitted: " + "; ".join(f"fold {e + 1} {s.label()}" for e, s in enumerate(chosen))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ctrl_r = (c_pool.mean(1) - n_st.mean()) / gap if abs(gap) > 1e-9 else np.full(cfg.n_controls, np.nan)
+    threshold = _p(ctrl_r, 95)
+    drop = float(plain_retain_u.mean() - ret_st.mean())
+    rec = rec.model_copy(update={
+        "reading": reading, "score_base": float(b.mean()), "score_reference": float(n_st.mean()),
+        "control_threshold": threshold, "excess": rec.value - threshold,
+        "side_effect_ok": drop <= cfg.side_effect_tolerance,
+    })
+
+    # the dose-response of every setting, pooled over folds (each item out of fold)
+    all_f = np.ones(n_f, dtype=bool)
+    curve = []
+    for s in active:
+        c = ctrl[s.control_key].mean(1)
+        su = float(u_sc[s][metric].mean())
+        dr = drop_on(s, np.ones(n_r, dtype=bool))
+        r_s = (su - float(n_plain.mean())) / gap if abs(gap) > 1e-9 else float("nan")
+        thr = (_p(c, 95) - float(n_plain.mean())) / gap if abs(gap) > 1e-9 else float("nan")
+        curve.append({
+            "site": s.site, "site_label": "embed" if s.site == EMBED else f"L{s.site.split('.')[1]}",
+            "direction": s.direction, "pooling": s.pooling, "form": s.form, "scale": s.scale,
+            "label": s.label(), "norm": float(np.mean(norms[s])) if s.form == "add" else None,
+            "score": su, "accuracy": float(u_sc[s]["accuracy"].mean()),
+            "control_p5": _p(c, 5), "control_p50": _p(c, 50), "control_p95": _p(c, 95),
+            "retain_accuracy": float(u_ret[s].mean()), "retain_drop": dr,
+            "side_effect_ok": dr <= cfg.side_effect_tolerance, "recovery": r_s, "control_threshold": thr,
+            "excess": r_s - thr, "score_excess": excess_on(s, all_f),
+        })
+
+    data = {
+        "metric": metric,
+        "side_effect_tolerance": cfg.side_effect_tolerance,
+        "sites": sites,
+        "site_norms": {s: rho[("unlearned", s)] for s in sites},
+        "unsteered": {
+            "forget": {role: float(plain[role][metric].mean()) for role in ctx.roles},
+            "forget_accuracy": {role: float(plain[role]["accuracy"].mean()) for role in ctx.roles},
+            "retain_accuracy_unlearned": float(plain_retain_u.mean()),
+            "reference_end_point": float(n_plain.mean()),
+        },
+        "dose_response": curve,
+        "chosen": [
+            {"fold": e + 1, "label": s.label(), "site": s.site, "direction": s.direction, "pooling": s.pooling,
+             "form": s.form, "scale": s.scale, "n_items": int((fold_f == e).sum()),
+             "other_folds_score_excess": excess_on(s, fold_f != e),
+             "other_folds_retain_drop": drop_on(s, fold_r != e)}
+            for e, s in enumerate(chosen)
+        ],
+        "steered": {
+            "unlearned": float(u.mean()),
+            **{role: float(steered[role].mean()) for role in ends},
+            "retain_accuracy_unlearned": float(ret_st.mean()), "retain_drop": drop,
+            "control_recoveries": [float(x) for x in ctrl_r],
+        },
+        "items": [
+            {"id": it.id, "fold": int(fold_f[i]) + 1, "unlearned_steered": round(float(u[i]), 4),
+             **{f"{role}_steered": round(float(steered[role][i]), 4) for role in ends}}
+            for i, it in enumerate(forget)
+        ],
+    }
+    notes += [
+        f"cross-fitted over {n_folds} folds of forget subjects: each item is scored with a direction fitted, "
+        "and a setting chosen, on the other folds",
+        "recovery = (S_steered(U) − S_steered(N)) / (S(B) − S(N)): N is put through the same procedure "
+        "(its own direction, same setting) so a direction that manufactures answers is subtracted; the "
+        "denominator is the unsteered gap, so an intervention that harms B cannot inflate R "
+        "(score_reference is the steered N; steered B is in data)",
+        f"additive scales are in units of the site's residual norm; controls are {cfg.n_controls} norm-matched "
+        "random directions per site and scale (random unit directions for ablation)",
+        f"per-item metric: {metric}; side effects in retain accuracy, tolerance {cfg.side_effect_tolerance}",
+        "dose_response rows give each setting's recovery against the unsteered N (only the chosen settings "
+        "are also run on N); score_excess is the steered score minus the controls' 95th percentile",
+    ]
+    if not ctx.has_reference:
+        notes.append("no reference model: the end point is chance and cannot be steered")
+    if cfg.embed and EMBED not in sites:
+        notes.append("the model exposes no hook_embed: the embedding output was not steered")
+    return LensResult(name="steering", config=cfg.model_dump(), recoveries=[rec], data=data, notes=notes)

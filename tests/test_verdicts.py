@@ -1,0 +1,64 @@
+"""Verdicts on the construction-truth organisms, from measured runs of the full battery.
+
+Each organism is audited with base as B and reference_a as N; the ground truth comes
+from the suite's manifest (SPEC §6), which is written from behavioural measurements at
+build time, never from what the auditor says.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from audit.config import AuditConfig
+from audit.registry import available_lenses
+from audit.run import run
+
+BATTERY = ["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k", "similarity"]
+ORGANISMS = ["head_only", "late_layers", "reference_b", "noop", "subject_offset"]
+
+
+@pytest.fixture(scope="module")
+def verdicts(suite, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("verdicts")
+    lenses = [x for x in BATTERY if x in available_lenses()]
+    out = {}
+    for u in ORGANISMS:
+        cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / u), reference=str(suite / "reference_a"),
+                          forget=str(suite / "forget.jsonl"), retain=str(suite / "retain.jsonl"),
+                          out=str(tmp / u), lenses=lenses)
+        out[u] = run(cfg)
+    return out
+
+
+@pytest.mark.parametrize("organism", ORGANISMS)
+def test_label_matches_ground_truth(verdicts, manifest, organism):
+    truth = manifest["checkpoints"][organism]["truth"]
+    v = verdicts[organism].verdicts[0]
+    assert v.label == truth, (organism, v.reason)
+    assert v.reason and 0.0 <= v.deletion_score <= 1.0
+
+
+def test_deletion_score_ranks_deleted_above_suppressed(verdicts, manifest):
+    deleted = [u for u in ORGANISMS if manifest["checkpoints"][u]["truth"] == "DELETED"]
+    suppressed = [u for u in ORGANISMS if manifest["checkpoints"][u]["truth"] == "SUPPRESSED"]
+    assert deleted and suppressed
+    assert min(verdicts[u].verdicts[0].deletion_score for u in deleted) > max(
+        verdicts[u].verdicts[0].deletion_score for u in suppressed)
+
+
+def test_suppressed_verdicts_name_their_evidence(verdicts):
+    for u in ("head_only", "late_layers"):
+        v = verdicts[u].verdicts[0]
+        assert v.evidence and v.evidence[0].lens != "behavior"
+        assert "recovers" in v.reason
+
+
+def test_every_lens_ran_and_is_in_the_report(verdicts):
+    from reports.render import render
+
+    log = verdicts["late_layers"]
+    assert all(res.error is None for res in log.lenses.values()), {k: v.error for k, v in log.lenses.items()}
+    page = render(log)
+    for lens in log.lenses:
+        if lens != "behavior":
+            assert f'id="{lens}"' in page, lens
