@@ -56,8 +56,9 @@ class Recovery(BaseModel):
     kind: Literal["primary", "scan"] = "primary"
     """``primary``: a reading fixed before looking at U (e.g. the layer where the lens
     best separates B from N); it may bound recovery (DELETED). ``scan``: the best of
-    several readings, its CI widened for the number compared; it can show recovery
-    (SUPPRESSED) but never bounds it."""
+    several readings (its CI widened for the number compared), or a reading too coarse
+    to bound recovery (e.g. leak@n); it can show recovery (SUPPRESSED) but never bounds
+    it."""
 
 
 class LensResult(BaseModel):
