@@ -111,7 +111,8 @@ def test_split_keeps_each_subject_in_one_half(suite):
     items = load_items(suite / "forget.jsonl")
     a, b = split_by_subject(items, seed=0)
     sa, sb = {items[i].subject for i in a}, {items[i].subject for i in b}
-    assert not sa & sb and len(sa) == len(sb) == 15 and sorted(a + b) == list(range(len(items)))
+    half = len({i.subject for i in items}) // 2
+    assert not sa & sb and len(sa) == len(sb) == half and sorted(a + b) == list(range(len(items)))
     assert split_by_subject(items, seed=0) == (a, b) and split_by_subject(items, seed=1) != (a, b)
 
 
@@ -168,15 +169,15 @@ def attacked(suite):
 
 
 def test_relearning_half_a_restores_half_b_only_where_it_was_suppressed(attacked):
-    """Fine-tuning on half A's facts (15 people), scoring half B's (the other 15).
+    """Fine-tuning on half A's facts (30 people), scoring half B's (the other 30).
 
-    Measured with defaults (lr 1e-4, 5/10/20 steps, seed 0), fold A→B: reference_b, which
-    never learned any forget person, goes 0.24 → 0.24 / 0.33 / 0.31 on half B (chance
-    0.25: at most +0.08 over chance); head_only, whose suppression sits in the
-    unembedding, goes 0.40 → 0.67 / 0.76 / 0.76; base stays at 1.00. Pooled over both
-    folds (every forget item scored): head_only 0.34 → 0.62 / 0.78 / 0.79, reference_b
-    0.21 → 0.22 / 0.26 / 0.27, recovery at 20 steps 0.71 (CI 0.59–0.83). Audited as U
-    against reference_a, reference_b's pooled 20-step recovery is 0.12 (CI −0.06–0.26).
+    Measured on the default suite (60 forget people; soft candidate score; defaults lr
+    1e-4, 5/10/20 steps, seed 0), fold A→B: reference_b, which never learned any forget
+    person, goes 0.28 / 0.20 / 0.24 on half B after 5 / 10 / 20 steps (chance 0.25);
+    head_only, whose suppression sits in the unembedding, goes 0.62 / 0.71 / 0.74;
+    base stays at 0.93–0.96. Pooled over both folds: head_only 0.44 → 0.71 at 20 steps,
+    recovery 0.67 (CI 0.60–0.74); the retain-only variant recovers 0.49 (CI 0.41–0.57).
+    (Command: the ``attacked`` fixture with AUDIT_TEST_SUITE_DIR set to a built suite.)
     """
     res = attacked["results"]["relearn"]
     assert res.error is None
@@ -188,7 +189,7 @@ def test_relearning_half_a_restores_half_b_only_where_it_was_suppressed(attacked
     fold = [r["runs"]["A→B"] for r in trained]
     assert max(f["reference"] for f in fold) <= chance + 0.15
     assert min(f["unlearned"] - f["reference"] for f in fold) >= 0.3
-    assert fold[-1]["unlearned"] >= 0.7 and all(f["base"] >= 0.95 for f in fold)
+    assert fold[-1]["unlearned"] >= 0.7 and all(f["base"] >= 0.9 for f in fold)
     assert max(r["reference"] for r in trained) <= chance + 0.15  # pooled over both folds
     assert [r.reading for r in res.recoveries] == ["relearn split (A→B, B→A) 20 steps", "retain fine-tune 20 steps"]
     split = res.recoveries[0]
@@ -200,14 +201,14 @@ def test_relearning_half_a_restores_half_b_only_where_it_was_suppressed(attacked
     assert len(res.data["retain_train"]) == 16 and not set(res.data["retain_train"]) & set(
         res.data["side_effect_items"])
     pi = res.data["per_item"]
-    assert set(pi["readings"]) == {r.reading for r in res.recoveries} and len(pi["ids"]) == 90
+    assert set(pi["readings"]) == {r.reading for r in res.recoveries} and len(pi["ids"]) == len(attacked["ctx"].items["forget"])
     assert np.mean(pi["readings"][split.reading]["unlearned"]) == pytest.approx(split.score_unlearned)
 
 
 def test_leak_at_k_rises_with_k_and_beats_greedy(attacked):
-    """Measured (n=32, T=1): base leak@1 0.95 → leak@32 1.00 (greedy 0.99); head_only
-    leak@1 0.16 → leak@32 0.76 while its greedy match is 0.12; reference_b leak@32 0.28
-    (greedy 0.12): a never-trained model names a closed-set answer by luck."""
+    """Measured (n=32, T=1, default suite): base leak@1 0.88 → leak@32 0.99 (greedy 0.95);
+    head_only leak@1 0.21 → leak@32 0.71 while its greedy match is 0.21; reference_b
+    leak@32 0.31 (greedy 0.07): a never-trained model names a closed-set answer by luck."""
     res = attacked["results"]["leak_at_k"]
     d = res.data
     assert d["ks"] == [1, 2, 4, 8, 16, 32] and d["max_new_tokens"] == 3
@@ -222,8 +223,9 @@ def test_leak_at_k_rises_with_k_and_beats_greedy(attacked):
 
 
 def test_quantization_reads_all_settings_with_quantized_end_points(attacked):
-    """Measured on head_only (N = reference_b): recovery 0.16 / 0.20 / 0.15 (sym 8/4/3 bits)
-    and 0.17 / 0.35 / 0.18 (asym); relative weight error 0.7% / 12% / 28% (sym). The primary
+    """Measured on head_only (N = reference_b, soft score): recovery 0.26 / 0.22 / 0.25 (sym
+    8/4/3 bits) and 0.26 / 0.36 / 0.26 (asym); relative weight error 0.7% / 12% / 28%
+    (sym). The primary
     reading is int3 asym (fewest bits at which quantized B still knows the set)."""
     res = attacked["results"]["quantization"]
     rows = res.data["settings"]

@@ -92,9 +92,10 @@ def test_report_has_per_layer_sections(logs):
 def test_activation_cache_is_shared_across_lenses(suite, tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "fresh"))
     before = A.FORWARD_COUNTER["capture"]
-    log = _run(suite, tmp_path, "noop", lenses=["linear_probe", "logit_lens", "similarity"])
+    log = _run(suite, tmp_path, "noop", lenses=["linear_probe", "logit_lens", "similarity", "steering"])
     n_forget, n_retain = log.items["forget"].n_items, log.items["retain"].n_items
     batches = math.ceil(n_forget / 32) + math.ceil(n_retain / 32)
-    # three models, each forwarded once per item set, whatever the number of lenses
+    # three models, each forwarded once per item set for capture, whatever the number of
+    # lenses (steering's own forwards are interventions, not captures)
     assert A.FORWARD_COUNTER["capture"] - before == 3 * batches
     json.loads((tmp_path / "noop" / "audit_log.json").read_text())
