@@ -92,7 +92,7 @@ def _recovery_chart(page: Page, log: AuditLog) -> None:
         return
     fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors,
                            error_x={"type": "data", "array": hi, "arrayminus": lo}))
-    th = log.config.get("thresholds", {}) or {}
+    th = log.policy.get("thresholds", {}) or {}
     for x, label in ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior gate")):
         fig.add_vline(x=x, line_dash="dot", annotation_text=label, annotation_position="top")
     fig.update_layout(title="Recovery by lens (grey: uninformative)", xaxis_title="recovery R",
