@@ -43,3 +43,19 @@ def base_model(suite):
     from audit.models import load_model
 
     return load_model(suite / "base", "base")
+
+
+def audit_run_args(suite: Path, out: Path, unlearned: str = "head_only", lenses: str = "behavior", **extra) -> list[str]:
+    """``audit run`` arguments for an organism of ``suite`` (B = base, N = reference_a)."""
+    a = ["run", "--base", str(suite / "base"), "--unlearned", str(suite / unlearned),
+         "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
+         "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--lenses", lenses]
+    for k, v in extra.items():
+        a += [f"--{k.replace('_', '-')}", str(v)]
+    return a
+
+
+@pytest.fixture(scope="session")
+def run_args():
+    """The :func:`audit_run_args` builder, for tests that invoke the CLI."""
+    return audit_run_args

@@ -258,17 +258,13 @@ def test_attacks_leave_loaded_models_untouched_and_fit_the_time_budget(attacked)
         assert attacked["results"][name].data["seconds"]
 
 
-def test_attacks_run_through_the_cli_and_the_log_round_trips(suite, tmp_path):
+def test_attacks_run_through_the_cli_and_the_log_round_trips(run_args, suite, tmp_path):
     from audit.schema import read_log, write_log
     from cli import app
 
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, [
-        "run", "--base", str(suite / "base"), "--unlearned", str(suite / "subject_offset"),
-        "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
-        "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--max-items", "24",
-        "--lenses", "behavior," + ",".join(ATTACKS),
-    ])
+    res = CliRunner().invoke(app, run_args(suite, out, "subject_offset", "behavior," + ",".join(ATTACKS),
+                                           max_items=24))
     assert res.exit_code in (0, 1), res.output  # 1: the default policy fails anything but DELETED
     raw = json.loads((out / "audit_log.json").read_text())
     for name in ATTACKS:

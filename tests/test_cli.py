@@ -13,17 +13,8 @@ from cli import app
 runner = CliRunner()
 
 
-def _args(suite, out, unlearned="head_only", lenses="behavior", **extra):
-    a = ["run", "--base", str(suite / "base"), "--unlearned", str(suite / unlearned),
-         "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
-         "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--lenses", lenses]
-    for k, v in extra.items():
-        a += [f"--{k.replace('_', '-')}", str(v)]
-    return a
-
-
-def test_run_writes_log_and_offline_report(suite, tmp_path):
-    res = runner.invoke(app, _args(suite, tmp_path / "o", unlearned="noop"))
+def test_run_writes_log_and_offline_report(run_args, suite, tmp_path):
+    res = runner.invoke(app, run_args(suite, tmp_path / "o", unlearned="noop"))
     # the default policy fails anything but DELETED: exit 1
     assert res.exit_code == 1, res.output
     assert "NOT_UNLEARNED" in res.output and "policy failed" in res.output
@@ -37,16 +28,16 @@ def test_run_writes_log_and_offline_report(suite, tmp_path):
     assert "NOT_UNLEARNED" in html and "Plotly.newPlot" in html
     assert "http://" not in html.split("<script>", 1)[0] and "<script src" not in html
     # reference_b behaves like a model that never knew
-    res = runner.invoke(app, _args(suite, tmp_path / "r", unlearned="reference_b"))
+    res = runner.invoke(app, run_args(suite, tmp_path / "r", unlearned="reference_b"))
     assert res.exit_code == 1, res.output  # behavior alone cannot say DELETED
     rb = json.loads((tmp_path / "r" / "audit_log.json").read_text())["lenses"]["behavior"]["recoveries"][0]
     assert rb["ci_high"] < 0.15
 
 
-def test_log_round_trips_and_report_rerenders(suite, tmp_path):
+def test_log_round_trips_and_report_rerenders(run_args, suite, tmp_path):
     from audit.schema import read_log, write_log
 
-    runner.invoke(app, _args(suite, tmp_path / "o"))
+    runner.invoke(app, run_args(suite, tmp_path / "o"))
     log = read_log(tmp_path / "o" / "audit_log.json")
     write_log(log, tmp_path / "copy.json")
     again = read_log(tmp_path / "copy.json")
@@ -74,17 +65,17 @@ def test_config_file_and_cli_precedence(suite, tmp_path):
         ({"dtype": "int3"}, "unknown dtype 'int3'"),
     ],
 )
-def test_bad_input_exits_2_with_a_message(suite, tmp_path, mutate, message):
-    res = runner.invoke(app, _args(suite, tmp_path / "o", **mutate))
+def test_bad_input_exits_2_with_a_message(run_args, suite, tmp_path, mutate, message):
+    res = runner.invoke(app, run_args(suite, tmp_path / "o", **mutate))
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
     assert not (tmp_path / "o" / "audit_log.json").exists()
 
 
-def test_bad_items_and_config_exit_2(suite, tmp_path):
+def test_bad_items_and_config_exit_2(run_args, suite, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "prompt": "p", "answer": "x", "distractors": ["y"]}\n')
-    a = _args(suite, tmp_path / "o")
+    a = run_args(suite, tmp_path / "o")
     a[a.index("--forget") + 1] = str(bad)
     res = runner.invoke(app, a)
     assert res.exit_code == 2 and "has 1 distractors" in res.output
@@ -94,11 +85,11 @@ def test_bad_items_and_config_exit_2(suite, tmp_path):
     assert res.exit_code == 2 and "config option" in res.output
 
 
-def test_previous_results_survive_a_failed_run(suite, tmp_path):
+def test_previous_results_survive_a_failed_run(run_args, suite, tmp_path):
     out = tmp_path / "o"
-    assert runner.invoke(app, _args(suite, out)).exit_code == 1
+    assert runner.invoke(app, run_args(suite, out)).exit_code == 1
     before = (out / "audit_log.json").read_text()
-    res = runner.invoke(app, _args(suite, out, lenses="nope"))
+    res = runner.invoke(app, run_args(suite, out, lenses="nope"))
     assert res.exit_code == 2
     assert (out / "audit_log.json").read_text() == before
     assert math.isfinite(json.loads(before)["verdicts"][0]["deletion_score"])
@@ -110,19 +101,19 @@ def test_schema_command_prints_json_schema():
     assert json.loads(res.output)["title"] == "AuditLog"
 
 
-def test_policy_gate_exit_codes(suite, tmp_path):
+def test_policy_gate_exit_codes(run_args, suite, tmp_path):
     lenient = tmp_path / "lenient.yaml"
     lenient.write_text("fail_on: [NOT_UNLEARNED]\n")
-    res = runner.invoke(app, _args(suite, tmp_path / "a", unlearned="reference_b", policy=lenient))
+    res = runner.invoke(app, run_args(suite, tmp_path / "a", unlearned="reference_b", policy=lenient))
     assert res.exit_code == 0, res.output
     assert "policy passed" in res.output
-    res = runner.invoke(app, _args(suite, tmp_path / "b", unlearned="noop", policy=lenient))
+    res = runner.invoke(app, run_args(suite, tmp_path / "b", unlearned="noop", policy=lenient))
     assert res.exit_code == 1 and "forget set: NOT_UNLEARNED" in " ".join(res.output.split())
     log = json.loads((tmp_path / "b" / "audit_log.json").read_text())
     assert log["policy"]["fail_on"] == ["NOT_UNLEARNED"] and log["policy_result"]["passed"] is False
     floor = tmp_path / "floor.yaml"
     floor.write_text("fail_on: []\nretain_floor: 0.999\n")
-    res = runner.invoke(app, _args(suite, tmp_path / "c", unlearned="late_layers", policy=floor))
+    res = runner.invoke(app, run_args(suite, tmp_path / "c", unlearned="late_layers", policy=floor))
     assert res.exit_code == 1 and "below the floor" in res.output
 
 
@@ -136,21 +127,21 @@ def test_policy_gate_exit_codes(suite, tmp_path):
         ("a: [\n", "is not valid YAML"),
     ],
 )
-def test_bad_policy_exits_2_naming_the_key(suite, tmp_path, text, message):
+def test_bad_policy_exits_2_naming_the_key(run_args, suite, tmp_path, text, message):
     pol = tmp_path / "p.yaml"
     pol.write_text(text)
-    res = runner.invoke(app, _args(suite, tmp_path / "o", policy=pol))
+    res = runner.invoke(app, run_args(suite, tmp_path / "o", policy=pol))
     assert res.exit_code == 2, res.output
     assert message in " ".join(res.output.split())
 
 
-def test_too_few_items_for_the_policy(suite, tmp_path):
-    res = runner.invoke(app, _args(suite, tmp_path / "o", max_items=5))
+def test_too_few_items_for_the_policy(run_args, suite, tmp_path):
+    res = runner.invoke(app, run_args(suite, tmp_path / "o", max_items=5))
     assert res.exit_code == 2 and "the policy requires at least 20" in " ".join(res.output.split())
 
 
-def test_group_verdicts_per_attribute(suite, tmp_path):
-    runner.invoke(app, _args(suite, tmp_path / "o", unlearned="noop"))
+def test_group_verdicts_per_attribute(run_args, suite, tmp_path):
+    runner.invoke(app, run_args(suite, tmp_path / "o", unlearned="noop"))
     log = json.loads((tmp_path / "o" / "audit_log.json").read_text())
     scopes = [v["scope"] for v in log["verdicts"]]
     assert scopes == ["forget set", "attribute=city", "attribute=job", "attribute=sport"]

@@ -181,16 +181,11 @@ def test_batched_scorer_agrees_with_score_items(suite, base_model):
         np.testing.assert_allclose(lp[i, : len(row)], row, atol=1e-4)
 
 
-def test_runs_through_the_cli_and_renders(suite, tmp_path):
+def test_runs_through_the_cli_and_renders(run_args, suite, tmp_path):
     from cli import app
 
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, [
-        "run", "--base", str(suite / "base"), "--unlearned", str(suite / "subject_offset"),
-        "--reference", str(suite / "reference_a"), "--forget", str(suite / "forget.jsonl"),
-        "--retain", str(suite / "retain.jsonl"), "--out", str(out), "--lenses", "behavior,steering",
-        "--max-items", "24",
-    ])
+    res = CliRunner().invoke(app, run_args(suite, out, "subject_offset", "behavior,steering", max_items=24))
     # exit 1 is a failed release policy (a SUPPRESSED verdict), not a crash
     assert res.exit_code in (0, 1) and (res.exception is None or isinstance(res.exception, SystemExit)), res.output
     log = json.loads((out / "audit_log.json").read_text())
