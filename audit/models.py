@@ -116,13 +116,26 @@ def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
     log.info("converting %s to a Hugging Face checkpoint in %s (once)", gguf, out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    # newer transformers keep quantized GGUF weights packed (and refuse to save them) unless
+    # told to unpack; older ones always unpack and have no GgufConfig
+    unpack: dict[str, Any] = {}
+    try:
+        from transformers import GgufConfig
+
+        unpack["quantization_config"] = GgufConfig(dequantize=True)
+    except ImportError:
+        pass
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32, trust_remote_code=trust_remote_code
+            gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32, trust_remote_code=trust_remote_code,
+            **unpack,
         )
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot read {gguf} as a GGUF checkpoint: {e}") from None
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:  # the weights are plain tensors now: drop the loader's state so they save
+        quantizer.remove_quantization_config(model)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)

