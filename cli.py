@@ -317,13 +317,16 @@ def calibrate_cmd(
     out: Annotated[Path, typer.Option(help="Output folder (calibration.json, calibration.html, audit logs).")] = Path(
         "calibration_out"),
     suites: Annotated[Optional[Path], typer.Option(help="Where organism suites are built or reused.")] = None,
+    jobs: Annotated[int, typer.Option(help="Suites built and audited at once, one process each.")] = 1,
+    threads: Annotated[Optional[int], typer.Option(
+        help="Torch threads per job (default: CPU cores / jobs when jobs > 1).")] = None,
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()
     from audit.calibrate import calibrate
 
     try:
-        res = calibrate(out, preset, suites=suites)
+        res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads)
     except InputError as e:
         _fail(e)
     s = res["summary"]

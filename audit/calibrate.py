@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing as mp
+import os
+import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
+from audit.atomic import atomic_write_text
 from audit.errors import InputError
 from audit.organisms import ModelShape, SuiteConfig, TrainConfig, build_suite
 from audit.progress import log
@@ -38,6 +43,8 @@ class Variant(BaseModel):
     world: WorldConfig = WorldConfig()
     shape: ModelShape = ModelShape()
     train: TrainConfig = TrainConfig()
+    seeds: list[int] | None = None
+    """Only these of the preset's seeds (``None``: every seed)."""
 
 
 class Preset(BaseModel):
@@ -52,7 +59,9 @@ class Preset(BaseModel):
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-_SMALL_WORLD = WorldConfig(n_people=80, n_forget=32, n_qa=24)
+# 40 forget people (120 forget items): with 32 (96 items) a never-trained reference's probe CI
+# was too wide to fall under τ_d (docs/calibration.md)
+_SMALL_WORLD = WorldConfig(n_people=100, n_forget=40, n_qa=30)
 _SMALL_SHAPE = ModelShape(d_model=64, n_layers=3, n_heads=4, d_mlp=256)
 
 PRESETS: dict[str, Preset] = {
@@ -63,24 +72,34 @@ PRESETS: dict[str, Preset] = {
         methods=False,
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn"],
         lens_options={  # lighter grids than the defaults, so the preset fits in CI
-            "linear_probe": {"n_shuffles": 2, "folds": 3},
             "steering": {"scales": [1.0], "poolings": ["mean"], "max_layers": 2},
             "quantization": {"bits": [4], "schemes": ["sym"], "bitsandbytes": False},
             "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
         },
     ),
     "default": Preset(
+    # three seeds, each with its own world and model shape, × two architectures: 6 suites with
+    # the method organisms, every lens at its default settings except the SAE lens (a survival
+    # diagnostic on these worlds, docs/lenses.md). About 20 min per suite on 2 CPU cores;
+    # `--jobs` runs suites side by side.
         seeds=[0, 1, 2],
         variants=[
-            Variant(name="default"),
+            Variant(name="default", seeds=[0]),
             Variant(name="wide-small-world", world=WorldConfig(n_people=100, n_forget=40, n_qa=30),
-                    shape=ModelShape(d_model=192, n_layers=4, n_heads=4, d_mlp=768)),
+                    shape=ModelShape(d_model=192, n_layers=4, n_heads=4, d_mlp=768), seeds=[1]),
             Variant(name="deep-two-attributes", world=WorldConfig(attributes=["city", "job"]),
-                    shape=ModelShape(d_model=128, n_layers=6, n_heads=4, d_mlp=512)),
+                    shape=ModelShape(d_model=128, n_layers=6, n_heads=4, d_mlp=512), seeds=[2]),
         ],
-        lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k"],
+        lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
+                "similarity"],
     ),
 }
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
 
 
 def _auroc(pos: list[float], neg: list[float]) -> float | None:
@@ -137,14 +156,62 @@ def _attack(log_lenses: dict[str, Any], name: str) -> float | None:
     return max(vals) if vals else None
 
 
+def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: str, out: str,
+                     preset_d: dict[str, Any], threads: int | None) -> dict[str, Any]:
+    """Build (or reuse) one suite and audit its organisms; returns its run record and rows.
+
+    Runs in a worker process under ``--jobs``; also writes ``OUT/<suite>/calibration_rows.json``,
+    so the suites already finished are kept when a long calibration is stopped.
+    """
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    variant, p = Variant(**variant_d), Preset(**preset_d)
+    tag = f"{variant.name}-{arch}-s{seed}"
+    cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
+                      train=variant.train, seed=seed, methods=p.methods)
+    suite_dir, out_dir = Path(suites) / tag, Path(out) / tag
+    t = time.perf_counter()
+    log.info("calibration suite %s", tag)
+    man = build_suite(suite_dir, cfg)
+    t_build = time.perf_counter() - t
+    t = time.perf_counter()
+    audited = audit_suite(suite_dir, out_dir, lenses=p.lenses, seed=seed, options={"lens_options": p.lens_options})
+    run = {"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
+           "build_s": round(t_build, 1), "audit_s": round(time.perf_counter() - t, 1),
+           "build_total_s": man.get("total_s")}
+    rows = []
+    for a in audited:
+        lg = read_log(out_dir / a["organism"] / "audit_log.json")
+        lenses = {k: v.model_dump() for k, v in lg.lenses.items()}
+        entry = man["checkpoints"][a["organism"]]
+        rows.append({
+            "suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
+            "organism": a["organism"], "role": entry["role"], "truth": a["truth"],
+            "verdict": a["verdict"], "deletion_score": a["deletion_score"], "reason": a["reason"],
+            "lens_scores": {k: _lens_score(v) for k, v in lenses.items() if k != "behavior"},
+            "relearn_recovery": _attack(lenses, "relearn"),
+            "quantization_recovery": _attack(lenses, "quantization"),
+            "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
+        })
+    done = {"run": run, "rows": rows}
+    atomic_write_text(out_dir / "calibration_rows.json", json.dumps(done, indent=2))
+    return done
+
+
 def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | Path | None = None,
-              render: bool = True) -> dict[str, Any]:
+              render: bool = True, jobs: int = 1, threads: int | None = None) -> dict[str, Any]:
     """Build/reuse suites, audit every organism, write ``calibration.json`` (+ ``calibration.html``).
 
     Args:
         out: output folder (per-organism audit logs and the calibration files).
         preset: ``small`` (CI), ``default``, or a :class:`Preset`.
         suites: where suites are built/reused (default ``OUT/suites``).
+        jobs: suites built and audited at once, each in its own process with
+            ``threads`` torch threads (1: one after another in this process).
+        threads: torch threads per job (default ``cpu_count // jobs`` with ``jobs`` > 1,
+            torch's own setting otherwise).
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -152,39 +219,26 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         name, p = preset, PRESETS[preset]
     else:
         name, p = "custom", preset
+    if jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {jobs}")
     out = Path(out)
     suites = Path(suites) if suites is not None else out / "suites"
     t0 = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    runs = []
-    for variant in p.variants:
-        for arch in p.archs:
-            for seed in p.seeds:
-                tag = f"{variant.name}-{arch}-s{seed}"
-                cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
-                                  train=variant.train, seed=seed, methods=p.methods)
-                t = time.perf_counter()
-                log.info("calibration suite %s", tag)
-                man = build_suite(suites / tag, cfg)
-                t_build = time.perf_counter() - t
-                t = time.perf_counter()
-                audited = audit_suite(suites / tag, out / tag, lenses=p.lenses, seed=seed,
-                                      options={"lens_options": p.lens_options})
-                runs.append({"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
-                             "build_s": round(t_build, 1), "audit_s": round(time.perf_counter() - t, 1)})
-                for a in audited:
-                    lg = read_log(out / tag / a["organism"] / "audit_log.json")
-                    lenses = {k: v.model_dump() for k, v in lg.lenses.items()}
-                    entry = man["checkpoints"][a["organism"]]
-                    rows.append({
-                        "suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
-                        "organism": a["organism"], "role": entry["role"], "truth": a["truth"],
-                        "verdict": a["verdict"], "deletion_score": a["deletion_score"], "reason": a["reason"],
-                        "lens_scores": {k: _lens_score(v) for k, v in lenses.items() if k != "behavior"},
-                        "relearn_recovery": _attack(lenses, "relearn"),
-                        "quantization_recovery": _attack(lenses, "quantization"),
-                        "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
-                    })
+    tasks = [(variant, arch, seed) for variant in p.variants for arch in p.archs for seed in p.seeds
+             if variant.seeds is None or seed in variant.seeds]
+    if not tasks:
+        raise InputError("the calibration preset selects no (variant, architecture, seed) suite")
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    args = [(v.model_dump(), arch, seed, str(suites), str(out), p.model_dump(), threads) for v, arch, seed in tasks]
+    if jobs == 1:
+        done = [_calibrate_suite(*a) for a in args]
+    else:
+        log.info("calibrating %d suites in %d processes (%s torch threads each)", len(args), jobs, threads)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            done = list(pool.map(_calibrate_suite, *zip(*args, strict=True)))
+    runs = [d["run"] for d in done]
+    rows = [r for d in done for r in d["rows"]]
     result = {
         "preset": name,
         "config": p.model_dump(),
@@ -194,11 +248,11 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         "rows": rows,
         "runs": runs,
         "total_s": round(time.perf_counter() - t0, 1),
+        "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "torch": _torch_version(), "jobs": jobs, "torch_threads_per_job": threads},
     }
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".calibration.json.tmp"
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(out / "calibration.json")
+    atomic_write_text(out / "calibration.json", json.dumps(result, indent=2))
     if render:
         from reports.calibration import render_calibration_file
 
