@@ -39,7 +39,7 @@ test: setup browser
 	$(PY) -m pytest -q
 
 # every benchmark of issue #8 (about 15 min on 2 CPU cores); rewrites benchmarks/results.md
-bench: setup
+bench: setup smollm2
 	$(VENV)/bin/audit organisms build --out organisms --seed 0
 	$(PY) -m benchmarks.run
 

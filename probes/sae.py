@@ -208,6 +208,12 @@ def train_sae(acts: Tensor, cfg: SAELensConfig, seed: int, hook: str, model_name
     from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens.saes.topk_sae import TopKTrainingSAE, TopKTrainingSAEConfig
 
+    if len(acts) < cfg.train_batch:  # the batch generator below would never yield
+        raise LensError(
+            f"only {len(acts)} token activations to train an SAE at {hook} (one training batch is "
+            f"{cfg.train_batch}): give the sae lens more text (lens option `text`: files or strings) or a "
+            "trained SAE (`sae_path`)"
+        )
     torch.manual_seed(seed)
     d_in = acts.shape[1]
     common = dict(d_in=d_in, d_sae=cfg.expansion * d_in, normalize_activations="expected_average_only_in")

@@ -30,17 +30,11 @@ def test_summary_counts_the_dangerous_error_and_auroc():
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
     """``audit calibrate --preset small`` run once: suites trained in this session."""
-    import torch
-
     from cli import app
 
     out = tmp_path_factory.mktemp("calibration")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # many small forward passes on a shared 2-core box
-    try:
-        r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--out", str(out)])
-    finally:
-        torch.set_num_threads(before)
+    # the two suites side by side, one process and one torch thread each
+    r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--out", str(out), "--jobs", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
     return out, json.loads((out / "calibration.json").read_text())
 

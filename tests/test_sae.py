@@ -184,3 +184,11 @@ def test_sae_lens_in_audit_run_and_report(suite, tmp_path, run_args):
     assert log["lenses"]["sae"]["error"] is None
     html = (out / "report.html").read_text()
     assert "SAE concept features" in html and "Concept-feature survival" in html
+
+
+def test_too_few_activations_to_train_is_a_clear_lens_error():
+    """Fewer token activations than one training batch: a LensError naming the way out, not a hang."""
+    from probes.sae import SAELensConfig, train_sae
+
+    with pytest.raises(LensError, match=r"only 10 token activations .* `text`.*`sae_path`"):
+        train_sae(torch.randn(10, 8), SAELensConfig(), 0, "blocks.0.hook_resid_post", "m")
