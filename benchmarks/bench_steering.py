@@ -88,7 +88,7 @@ def run(quick: bool = False) -> Section:
     sec.rows.append(row)
     sec.details += det
     deeper = random_llama("steer_8x256", d_model=256, n_layers=8, n_heads=8, d_mlp=1024)
-    row, det = _grid(8, 8, deeper, "random-init Llama, 8 blocks (default grid sweeps all 8)", 1)
+    row, det = _grid(8, 8, deeper, "random-init Llama, 8 blocks, default grid", 1)
     sec.rows.append(row)
     sec.details += det
     return sec

@@ -6,7 +6,7 @@ sessions; every test still loads the ``.gguf`` through the session's own, empty
 ``$AUDIT_CACHE``, so the GGUF conversion path is exercised every time. Without network
 and without a cached wheel the tests skip (under ``CI=1`` they fail instead).
 
-The smoke tests take about a minute on 2 CPU cores. The full battery on the real-model
+The smoke tests take under a minute on 2 CPU cores (measured in docs/calibration.md). The full battery on the real-model
 suite is ``slow``: ``pytest -m slow tests/test_realmodel.py``.
 """
 
@@ -117,9 +117,7 @@ def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
     cfg = AuditConfig(base=str(smollm2_gguf), unlearned=str(smollm2_gguf), forget=str(tmp_path / "forget.jsonl"),
                       retain=str(tmp_path / "retain.jsonl"), out=str(tmp_path / "out"),
                       lenses=["behavior", "linear_probe"], seed=0)
-    t = time.perf_counter()
     log = run(cfg, render=False, policy=Policy(min_items=len(forget)))
-    elapsed = time.perf_counter() - t
     beh = log.lenses["behavior"].data["forget"]
     assert beh["base"]["score"] >= 0.9  # chance is 0.25
     probe = log.lenses["linear_probe"]
@@ -129,7 +127,6 @@ def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
     primary = probe.recoveries[0]
     assert primary.informative and primary.value == pytest.approx(1.0)  # U is B: everything recovers
     assert log.verdicts[0].label == "NOT_UNLEARNED"
-    assert elapsed < 120, f"smoke audit took {elapsed:.0f}s"
 
 
 @pytest.mark.slow
@@ -150,4 +147,9 @@ def test_full_battery_on_smollm2(tmp_path):
     got = {r["organism"]: r for r in rows}
     (tmp_path / "timing.json").write_text(json.dumps({"build_s": build_s, "audit_s": audit_s}))
     assert got["head_only"]["verdict"] == "SUPPRESSED", got["head_only"]["reason"]
-    assert got["graddiff"]["verdict"] in ("SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE", "DELETED")
+    # GradDiff has no construction truth; it did unlearn behaviour while keeping the retain set
+    gd = man["checkpoints"]["graddiff"]
+    assert gd["forget_score"] < 0.5 and gd["retain_score"] >= 0.8, gd
+    for name in ("head_only", "graddiff"):
+        log = json.loads((tmp_path / "audit" / name / "audit_log.json").read_text())
+        assert {k: v["error"] for k, v in log["lenses"].items() if v["error"]} == {}, name
