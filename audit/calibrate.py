@@ -64,6 +64,14 @@ class Preset(BaseModel):
 _SMALL_WORLD = WorldConfig(n_people=100, n_forget=40, n_qa=30)
 _SMALL_SHAPE = ModelShape(d_model=64, n_layers=3, n_heads=4, d_mlp=256)
 
+# lighter grids than the lenses' defaults (one steering scale and pooling on two layers, int4
+# only, one relearn budget), so a preset's many audits fit in minutes
+_LIGHT_GRIDS: dict[str, dict[str, Any]] = {
+    "steering": {"scales": [1.0], "poolings": ["mean"], "max_layers": 2},
+    "quantization": {"bits": [4], "schemes": ["sym"], "bitsandbytes": False},
+    "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
+}
+
 PRESETS: dict[str, Preset] = {
     # runs in CI: one seed per architecture, one small world, construction organisms only
     "small": Preset(
@@ -71,27 +79,28 @@ PRESETS: dict[str, Preset] = {
                                      train=TrainConfig(steps=600))],
         methods=False,
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn"],
-        lens_options={  # lighter grids than the defaults, so the preset fits in CI
-            "steering": {"scales": [1.0], "poolings": ["mean"], "max_layers": 2},
-            "quantization": {"bits": [4], "schemes": ["sym"], "bitsandbytes": False},
-            "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
-        },
+        lens_options=_LIGHT_GRIDS,
     ),
     "default": Preset(
-    # three seeds, each with its own world and model shape, × two architectures: 6 suites with
-    # the method organisms, every lens at its default settings except the SAE lens (a survival
-    # diagnostic on these worlds, docs/lenses.md). About 20 min per suite on 2 CPU cores;
-    # `--jobs` runs suites side by side.
+        # three seeds, each with its own world and model shape (people, attributes, width,
+        # depth), × two architectures: 6 suites with the GA/GradDiff/NPO/RMU organisms at two
+        # strengths, every lens but the SAE lens (a survival diagnostic on these worlds,
+        # docs/lenses.md), light grids. Small models, so the preset runs in well under an
+        # hour on 2 CPU cores with --jobs 2.
         seeds=[0, 1, 2],
         variants=[
-            Variant(name="default", seeds=[0]),
-            Variant(name="wide-small-world", world=WorldConfig(n_people=100, n_forget=40, n_qa=30),
-                    shape=ModelShape(d_model=192, n_layers=4, n_heads=4, d_mlp=768), seeds=[1]),
+            Variant(name="people150", world=WorldConfig(), shape=_SMALL_SHAPE, train=TrainConfig(steps=800),
+                    seeds=[0]),
+            Variant(name="wide-people100", world=WorldConfig(n_people=100, n_forget=40, n_qa=30),
+                    shape=ModelShape(d_model=128, n_layers=3, n_heads=4, d_mlp=512), train=TrainConfig(steps=800),
+                    seeds=[1]),
             Variant(name="deep-two-attributes", world=WorldConfig(attributes=["city", "job"]),
-                    shape=ModelShape(d_model=128, n_layers=6, n_heads=4, d_mlp=512), seeds=[2]),
+                    shape=ModelShape(d_model=64, n_layers=5, n_heads=4, d_mlp=256), train=TrainConfig(steps=800),
+                    seeds=[2]),
         ],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
                 "similarity"],
+        lens_options=_LIGHT_GRIDS,
     ),
 }
 
@@ -165,8 +174,10 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     """
     if threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(threads)
+        threadpool_limits(threads)  # numpy / scikit-learn BLAS too, or each job takes every core
     variant, p = Variant(**variant_d), Preset(**preset_d)
     tag = f"{variant.name}-{arch}-s{seed}"
     cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),

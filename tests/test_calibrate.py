@@ -58,10 +58,11 @@ def test_small_preset_labels_suppressed_and_not_unlearned_right(small):
 
 
 def test_small_preset_deleted_organisms_are_never_called_suppressed(small):
-    # measured (2026-11-22): Llama's reference_b DELETED; GPT-2's reference_b INCONCLUSIVE
-    # (a probe reading of 0.14, CI 0.02-0.25, too wide for tau_d = 0.15 on 96 forget
-    # items). The issue's target (every label right) is not met yet; a DELETED-truth
-    # organism may still come out INCONCLUSIVE, but never as a confident wrong label.
+    # measured (2026-11-23, seed 0, 100-person world): GPT-2's reference_b DELETED; Llama's
+    # INCONCLUSIVE (int4 quantization reads 0.18, CI 0.06-0.29: this never-trained model
+    # already scores 0.38 on the forget items where reference_a scores 0.23). The issue's
+    # target (every label right) is not met; docs/calibration.md has the held-out seeds.
+    # A DELETED-truth organism may come out INCONCLUSIVE, never as a confident wrong label.
     _, res = small
     rows = [r for r in res["rows"] if r["truth"] == "DELETED"]
     assert len(rows) == 2
