@@ -76,3 +76,23 @@ def test_calibration_report_renders_from_json(small):
     html = (out / "calibration.html").read_text()
     assert "Confusion matrix" in html and "Per-lens AUROC" in html
     assert html.count("<script") == 2  # plotly inlined once + the page's own script
+
+
+def test_bad_calibration_arguments_exit_2_with_a_clear_message(tmp_path):
+    from cli import app
+
+    r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--jobs", "0", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "--jobs must be at least 1" in r.output
+    r = CliRunner().invoke(app, ["calibrate", "--preset", "nope", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown calibration preset 'nope'" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_default_preset_gives_each_seed_its_own_world():
+    from audit.calibrate import PRESETS
+
+    p = PRESETS["default"]
+    runs = [(v.name, arch, s) for v in p.variants for arch in p.archs for s in p.seeds if v.seeds is None or s in v.seeds]
+    assert len(runs) == 6 and {s for _, _, s in runs} == {0, 1, 2} and {a for _, a, _ in runs} == {"llama", "gpt2"}
+    assert p.methods and len({(v.world.n_people, tuple(v.world.attributes), v.shape.d_model, v.shape.n_layers)
+                              for v in p.variants}) == 3
