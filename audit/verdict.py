@@ -91,9 +91,12 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
     names = {n for n, _ in primary}
     missing = [x for x in th.required_for_deleted if x not in names]
     # a primary reading must bound recovery below tau_d; a scan reading blocks DELETED
-    # only when it shows recovery above tau_d beyond doubt (its widened CI's lower end)
-    high = [(n, r) for n, r in primary if _excess(r)[2] > th.tau_d]
-    high += [(n, r) for n, r in others if r.kind == "scan" and _excess(r)[1] > th.tau_d]
+    # only when it shows recovery above tau_d beyond doubt (its widened CI's lower end).
+    # SPEC §5 bounds the recovery itself here, not its excess over controls: controls below
+    # zero (random directions that hurt U) must not raise the bar, nor controls above zero
+    # lower it (SUPPRESSED, above, is the one that needs an excess over the controls)
+    high = [(n, r) for n, r in primary if r.ci_high > th.tau_d]
+    high += [(n, r) for n, r in others if r.kind == "scan" and r.ci_low > th.tau_d]
     if not missing and not high:
         tried = ", ".join(sorted(names))
         return verdict("DELETED", f"no tested lens recovered the knowledge (lenses: {tried}; every primary "
