@@ -63,6 +63,8 @@ class SuiteConfig(BaseModel):
         d = self.model_dump()
         if d["shape"]["arch"] == "llama":  # suites built before the arch option keep their key
             del d["shape"]["arch"]
+        if not d["world"]["balanced"]:  # nor do suites built before the balanced option
+            del d["world"]["balanced"]
         blob = json.dumps({"v": SUITE_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

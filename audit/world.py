@@ -54,6 +54,13 @@ class WorldConfig(BaseModel):
     """Wrong answers per item (chance = 1 / (1 + n_distractors))."""
     seed: int = 0
     """Seed of the world (names, facts, distractors)."""
+    balanced: bool = False
+    """Give every value of an attribute (as near as possible) equally many people within each
+    group (forget, qa, retain). A never-trained model answers forget people from its prior over
+    values; with skewed forget answers (say 10 of 40 people play tennis) that prior alone scores
+    far from chance, and two never-trained seeds differ by 0.1-0.2 in recovery
+    (docs/calibration.md). Balanced answers make a prior worth exactly chance. Off by default
+    (the demo's suite keeps its world); the small calibration preset turns it on."""
 
 
 @dataclass
@@ -119,15 +126,31 @@ def _names(n: int, rng: random.Random) -> list[str]:
     return [f"{ws[2 * i]} {ws[2 * i + 1]}" for i in range(n)]
 
 
+def _balanced_values(groups: list[str], values: list[str], rng: random.Random) -> list[str]:
+    """One value per person, each value used equally often (±1) within every group."""
+    out = [""] * len(groups)
+    for g in dict.fromkeys(groups):
+        idx = [i for i, x in enumerate(groups) if x == g]
+        deck: list[str] = []
+        while len(deck) < len(idx):
+            deck += rng.sample(values, len(values))  # whole shuffled rounds: counts differ by ≤ 1
+        for i, v in zip(idx, deck[: len(idx)], strict=True):
+            out[i] = v
+    return out
+
+
 def make_world(config: WorldConfig) -> World:
     """Draw a world from its config (deterministic in ``config.seed``)."""
     rng = random.Random(config.seed)
     names = _names(config.n_people, rng)
-    people = []
-    for i, name in enumerate(names):
-        group = "forget" if i < config.n_forget else ("qa" if i < config.n_forget + config.n_qa else "retain")
-        facts = {a: rng.choice(ATTRIBUTES[a]["values"]) for a in config.attributes}
-        people.append(Person(name, facts, group))
+    groups = ["forget" if i < config.n_forget else ("qa" if i < config.n_forget + config.n_qa else "retain")
+              for i in range(len(names))]
+    if config.balanced:
+        values = {a: _balanced_values(groups, ATTRIBUTES[a]["values"], rng) for a in config.attributes}
+    else:
+        values = {a: [rng.choice(ATTRIBUTES[a]["values"]) for _ in names] for a in config.attributes}
+    people = [Person(name, {a: values[a][i] for a in config.attributes}, g)
+              for i, (name, g) in enumerate(zip(names, groups, strict=True))]
     vocab: set[str] = set()
     for p in people:
         vocab.update(p.name.split())

@@ -70,3 +70,19 @@ def test_suite_is_cached(suite):
     before = (suite / "base" / "model.safetensors").stat().st_mtime_ns
     build_suite(suite, SuiteConfig(seed=0))
     assert (suite / "base" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_world_balances_each_attribute_within_each_group():
+    # a never-trained model answers from its prior over values; balanced answers make that
+    # prior worth chance, so two never-trained seeds agree (docs/calibration.md)
+    from collections import Counter
+
+    from audit.world import WorldConfig, make_world
+
+    w = make_world(WorldConfig(n_people=100, n_forget=40, n_qa=30, seed=3, balanced=True))
+    for group in ("forget", "qa", "retain"):
+        for a in ("city", "job", "sport"):
+            counts = Counter(p.facts[a] for p in w.people_in(group))
+            assert len(counts) == 10 and max(counts.values()) - min(counts.values()) <= 1, (group, a, counts)
+    skewed = make_world(WorldConfig(n_people=100, n_forget=40, n_qa=30, seed=3))
+    assert [p.name for p in skewed.people] == [p.name for p in w.people]
