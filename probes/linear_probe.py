@@ -116,6 +116,12 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
         notes.append("forget answers are not all among retain answers (not a closed set): the probe "
                      "predicts and ranks the answers' first tokens instead")
     cf, cr = _labels(forget, tok, first_token), _labels(retain, tok, first_token)
+    retain_labels = {c[0] for c in cr}
+    schemes: tuple[str, ...] = ("transfer", "crossfit")
+    if not any(c[0] in retain_labels for c in cf):
+        schemes = ("crossfit",)
+        notes.append("no forget answer is a retain answer (e.g. a different relation): a probe fit on retain "
+                     "items cannot rank forget candidates, so only the cross-fitted probe is run")
     groups = np.array([it.subject or it.id for it in forget])
     n_groups = len(set(groups))
     folds = min(cfg.folds, n_groups)
@@ -125,7 +131,7 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     roles = ctx.roles
     L = ctx.n_layers
     per_layer: dict[str, dict[str, list[float]]] = {
-        f"{s}_{m}": {r: [] for r in roles} for s in ("transfer", "crossfit") for m in ("accuracy", "soft")
+        f"{s}_{m}": {r: [] for r in roles} for s in schemes for m in ("accuracy", "soft")
     }
     correct: dict[tuple[str, str, int], np.ndarray] = {}
     for role in roles:
@@ -134,7 +140,7 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
         src_r = ar.last if cfg.position == "last" else ar.mean
         for layer, hook in enumerate(af.hooks):
             Xf, Xr = src_f[hook].numpy(), src_r[hook].numpy()
-            for scheme in ("transfer", "crossfit"):
+            for scheme in schemes:
                 c = (_transfer(cfg, Xr, cr, Xf, cf, ctx.seed) if scheme == "transfer"
                      else _crossfit(cfg_cf, Xf, cf, groups, ctx.seed))
                 correct[(scheme, role, layer)] = c[cfg.metric]
@@ -166,7 +172,6 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
                         reading=f"{scheme} layer {layer}", min_power=ctx.config.min_power, seed=ctx.seed,
                         n_compared=n_compared)
 
-    schemes = ("transfer", "crossfit")
     rows = {s: [rec(s, layer) for layer in range(L)] for s in schemes}
     layer_recs = {s: [r.model_dump() for r in rows[s]] for s in schemes}
     # primary: the (scheme, layer) where the probe best separates B from N, chosen without U

@@ -27,8 +27,9 @@ def _layer_curves(title: str, panels: dict[str, dict[str, list[float]]], chance:
 def _probe(page: Page, res: LensResult) -> None:
     d = res.data
     m = d.get("metric", "soft")
-    panels = {f"{s} ({m})": d["per_layer"][f"{s}_{m}"] for s in ("transfer", "crossfit")}
-    panels.update({f"{s} (accuracy)": d["per_layer"][f"{s}_accuracy"] for s in ("transfer", "crossfit")})
+    schemes = [s for s in ("transfer", "crossfit") if f"{s}_{m}" in d["per_layer"]]  # transfer may be skipped
+    panels = {f"{s} ({m})": d["per_layer"][f"{s}_{m}"] for s in schemes}
+    panels.update({f"{s} (accuracy)": d["per_layer"][f"{s}_accuracy"] for s in schemes})
     fig = _layer_curves("Linear probe per layer (B / U / N)", panels, d.get("chance"), "probe knowledge score")
     page.section("Linear probe", page.figure(
         fig, "Transfer: fit on retain items, score forget items. Crossfit: K folds within forget items grouped "
