@@ -57,8 +57,8 @@ class SteeringConfig(LensConfig):
     block, or ``max_layers`` evenly spaced ones in a deeper model."""
     max_layers: int = Field(4, ge=1)
     """Most blocks swept when ``layers`` is not given. Each site costs ~64 replicas (settings
-    and controls) through the blocks after it: on SmolLM2-135M (30 blocks) a mid-model site
-    takes ~2 min on 2 CPU cores, so the default keeps a deep model's sweep to four sites."""
+    and controls) through the blocks after it: on SmolLM2-135M (30 blocks, 48 + 48 items) the
+    default sweep (four blocks and the embedding) takes ~6 min on 2 CPU cores."""
     embed: bool = True
     """Also steer the embedding output (``hook_embed``, the input of block 0)."""
     directions: list[Direction] = ["base_minus_unlearned", "forget_minus_retain"]
