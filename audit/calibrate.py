@@ -59,9 +59,12 @@ class Preset(BaseModel):
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-# 40 forget people (120 forget items): with 32 (96 items) a never-trained reference's probe CI
-# was too wide to fall under τ_d (docs/calibration.md)
-_SMALL_WORLD = WorldConfig(n_people=100, n_forget=40, n_qa=30)
+# 80 forget people (240 forget items), answers balanced within each group. Two never-trained
+# models differ on the forget items by 0.05-0.15 in recovery on 120 items (one model's prior
+# over values, e.g. "tennis" for 37 of 40 people, met a skewed answer sample; and each one's
+# arbitrary guesses per person), which with CIs of ±0.1 left reference_b INCONCLUSIVE on half
+# the 100-person/40-forget suites (docs/calibration.md). More items shrink both.
+_SMALL_WORLD = WorldConfig(n_people=150, n_forget=80, n_qa=35, balanced=True)
 _SMALL_SHAPE = ModelShape(d_model=64, n_layers=3, n_heads=4, d_mlp=256)
 
 # lighter grids than the lenses' defaults (one steering scale and pooling on two layers, int4
@@ -76,7 +79,7 @@ PRESETS: dict[str, Preset] = {
     # runs in CI: one seed per architecture, one small world, construction organisms only
     "small": Preset(
         seeds=[0], variants=[Variant(name="small", world=_SMALL_WORLD, shape=_SMALL_SHAPE,
-                                     train=TrainConfig(steps=600))],
+                                     train=TrainConfig(steps=800))],
         methods=False,
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn"],
         lens_options=_LIGHT_GRIDS,

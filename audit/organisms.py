@@ -147,11 +147,14 @@ def _forward(model):
     return lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits
 
 
-def measure(model, tok, forget, retain) -> dict[str, float]:
-    """Behaviour of a model on the suite's items."""
+def measure(model, tok, forget, retain, *, soft: bool = False) -> dict[str, float]:
+    """Behaviour of a model on the suite's items (with ``soft``: also the mean soft scores)."""
     f = score_items(_forward(model), tok, forget)
     r = score_items(_forward(model), tok, retain)
-    return {"forget_score": f.score, "forget_greedy": f.greedy_score, "retain_score": r.score, "retain_greedy": r.greedy_score}
+    out = {"forget_score": f.score, "forget_greedy": f.greedy_score, "retain_score": r.score, "retain_greedy": r.greedy_score}
+    if soft:
+        out |= {"forget_soft": float(f.soft.mean()), "retain_soft": float(r.soft.mean())}
+    return out
 
 
 def save_checkpoint(model, tok, path: Path) -> None:

@@ -41,7 +41,7 @@ from audit import unlearning as ul
 from audit.errors import InputError
 from audit.items import KnowledgeItem, write_items
 from audit.models import cache_root, content_hash, gguf_to_hf
-from audit.organisms import save_checkpoint
+from audit.organisms import measure, save_checkpoint
 from audit.progress import log, progress
 from audit.scoring import encode_items, pad_batch, score_items
 
@@ -367,15 +367,6 @@ class RealSuiteConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _measure(model, tok, forget, retain) -> dict[str, Any]:
-    def fwd(ids, mask):
-        return model(input_ids=ids, attention_mask=mask).logits
-
-    f, r = score_items(fwd, tok, forget), score_items(fwd, tok, retain)
-    return {"forget_score": f.score, "forget_greedy": f.greedy_score, "forget_soft": float(f.soft.mean()),
-            "retain_score": r.score, "retain_greedy": r.greedy_score, "retain_soft": float(r.soft.mean())}
-
-
 def build_real_suite(
     out: str | Path, config: RealSuiteConfig | None = None, *, force: bool = False, wheel: str | Path | None = None,
 ) -> dict[str, Any]:
@@ -448,14 +439,14 @@ def build_real_suite(
 
     def record(name, model, role, truth, method, params, t_start, measured=None):
         save_checkpoint(model, tok, out / name)
-        m = measured or _measure(model, tok, forget, retain)
+        m = measured or measure(model, tok, forget, retain, soft=True)
         timings[name] = round(time.perf_counter() - t_start, 2)
         entries[name] = {"path": name, "role": role, "truth": truth, "method": method, "params": params, **m}
         log.info("%s: %s", name, m)
 
     t = time.perf_counter()
     # filtered to known items, so the base ranks every item right; its greedy rate is measured
-    b = _measure(base, tok, forget, retain)
+    b = measure(base, tok, forget, retain, soft=True)
     record("base", base, "base", None, f"SmolLM2-135M-Instruct from {fetched.gguf.name}",
            {"gguf_hash": model_hash}, t, b)
 

@@ -50,24 +50,19 @@ def test_small_preset_never_calls_suppressed_deleted(small):
     assert res["summary"]["suppressed_called_deleted"] == 0, res["summary"]["wrong"]
 
 
-def test_small_preset_labels_suppressed_and_not_unlearned_right(small):
+def test_small_preset_labels_every_construction_organism_right(small):
+    # issue 7's target, asserted: every construction-truth organism (reference_b DELETED,
+    # head_only / late_layers / subject_offset SUPPRESSED or, where a construction stopped
+    # short, NOT_UNLEARNED as its manifest measured, noop NOT_UNLEARNED) gets its label
     _, res = small
-    rows = [r for r in res["rows"] if r["truth"] in ("SUPPRESSED", "NOT_UNLEARNED")]
-    assert len(rows) == 8
-    assert [r for r in rows if r["verdict"] != r["truth"]] == []
+    rows = [r for r in res["rows"] if r["truth"] is not None]
+    assert len(rows) == 10 and sum(r["truth"] == "DELETED" for r in rows) == 2
+    assert res["summary"]["wrong"] == [], res["summary"]["wrong"]
+    assert res["summary"]["n_correct"] == 10
 
 
-def test_small_preset_deleted_organisms_are_never_called_suppressed(small):
-    # measured (2026-11-23, seed 0, 100-person world): GPT-2's reference_b DELETED; Llama's
-    # INCONCLUSIVE (int4 quantization reads 0.18, CI 0.06-0.29: this never-trained model
-    # already scores 0.38 on the forget items where reference_a scores 0.23). The issue's
-    # target (every label right) is not met; docs/calibration.md has the held-out seeds.
-    # A DELETED-truth organism may come out INCONCLUSIVE, never as a confident wrong label.
+def test_small_preset_deletion_score_separates_deleted_from_suppressed(small):
     _, res = small
-    rows = [r for r in res["rows"] if r["truth"] == "DELETED"]
-    assert len(rows) == 2
-    assert all(r["verdict"] in ("DELETED", "INCONCLUSIVE") for r in rows), rows
-    # the deletion score still ranks every DELETED organism above every SUPPRESSED one
     assert res["summary"]["deletion_score_auroc"] >= 0.99
 
 
