@@ -147,10 +147,10 @@ def make_world(config: WorldConfig) -> World:
               for i in range(len(names))]
     if config.balanced:
         values = {a: _balanced_values(groups, ATTRIBUTES[a]["values"], rng) for a in config.attributes}
-    else:
-        values = {a: [rng.choice(ATTRIBUTES[a]["values"]) for _ in names] for a in config.attributes}
-    people = [Person(name, {a: values[a][i] for a in config.attributes}, g)
-              for i, (name, g) in enumerate(zip(names, groups, strict=True))]
+        facts = [{a: values[a][i] for a in config.attributes} for i in range(len(names))]
+    else:  # person by person, attribute by attribute: the draw order every unbalanced world was built with
+        facts = [{a: rng.choice(ATTRIBUTES[a]["values"]) for a in config.attributes} for _ in names]
+    people = [Person(name, f, g) for name, f, g in zip(names, facts, groups, strict=True)]
     vocab: set[str] = set()
     for p in people:
         vocab.update(p.name.split())

@@ -86,3 +86,15 @@ def test_world_balances_each_attribute_within_each_group():
             assert len(counts) == 10 and max(counts.values()) - min(counts.values()) <= 1, (group, a, counts)
     skewed = make_world(WorldConfig(n_people=100, n_forget=40, n_qa=30, seed=3))
     assert [p.name for p in skewed.people] == [p.name for p in w.people]
+
+
+def test_unbalanced_world_draws_are_unchanged():
+    # a suite's cache key omits `balanced` when it is off, so such a world must be drawn
+    # exactly as before the option existed (fingerprint of the default world, seed 0)
+    import hashlib
+
+    from audit.world import WorldConfig, make_world
+
+    w = make_world(WorldConfig())
+    blob = json.dumps([(p.name, p.facts, p.group) for p in w.people])
+    assert hashlib.sha256(blob.encode()).hexdigest()[:16] == "90e85dc2e3bd2b40"
