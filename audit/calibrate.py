@@ -60,7 +60,7 @@ class Preset(BaseModel):
 
 
 # 80 forget people (240 forget items), answers balanced within each group. Two never-trained
-# models differ on the forget items by 0.05-0.15 in recovery on 120 items (one model's prior
+# models differ on the forget items by 0.05-0.2 in recovery on 120 items (one model's prior
 # over values, e.g. "tennis" for 37 of 40 people, met a skewed answer sample; and each one's
 # arbitrary guesses per person), which with CIs of ±0.1 left reference_b INCONCLUSIVE on half
 # the 100-person/40-forget suites (docs/calibration.md). More items shrink both.

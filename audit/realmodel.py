@@ -194,7 +194,8 @@ def continent_items() -> list[KnowledgeItem]:
 
     Every item's candidates are the same four single-token names (Europe, Asia, Africa,
     America; the seven Oceanian countries are left out), so a linear probe fit on some
-    countries can be scored on others, and a prompt's one forward pass scores every candidate. ``subject`` is the country, ``attribute`` its region.
+    countries can be scored on others, and one forward pass of a prompt scores every
+    candidate. ``subject`` is the country, ``attribute`` its region.
     """
     out = []
     for country, _, region in capital_facts():

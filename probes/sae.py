@@ -80,7 +80,7 @@ class SAELensConfig(LensConfig):
     max_epochs: float = Field(40.0, gt=0)
     """At most this many passes over the training activations: on a small corpus (2.5k tokens
     of the SmolLM2 suite's sentences) 400k samples would be 160 passes over the same tokens,
-    15 min on 2 CPU cores for a 576-wide model. The organism suites' corpora (10k+ tokens)
+    15 min of SAE lens on a loaded 2-core machine for a 576-wide model. The organism suites' corpora (10k+ tokens)
     reach ``train_samples`` first."""
     train_batch: int = Field(512, ge=16)
     """Token activations per training step."""
