@@ -71,7 +71,8 @@ def _split(s: Optional[str]) -> Optional[list[str]]:
 def run_cmd(
     base: Annotated[Optional[str], typer.Option(help="Checkpoint before unlearning (HF dir or .gguf).")] = None,
     unlearned: Annotated[Optional[str], typer.Option(help="Checkpoint after unlearning.")] = None,
-    reference: Annotated[Optional[str], typer.Option(help="Model that never learned the forget set.")] = None,
+    reference: Annotated[Optional[list[str]], typer.Option(
+        help="Model that never learned the forget set; repeat for several (their spread enters every CI).")] = None,
     forget: Annotated[Optional[str], typer.Option(
         help="Forget set: JSONL, or a local HF dataset (save_to_disk folder, parquet/json/csv; PATH:SPLIT).")] = None,
     retain: Annotated[Optional[str], typer.Option(help="Retain set, same forms as --forget.")] = None,
@@ -84,7 +85,9 @@ def run_cmd(
     drop_unknown: Annotated[Optional[bool], typer.Option(
         "--drop-unknown", help="Drop items the base model does not know (counted in the results).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output folder.")] = None,
-    lenses: Annotated[Optional[str], typer.Option(help="Comma-separated lens names (see `audit lenses`).")] = None,
+    lenses: Annotated[Optional[str], typer.Option(
+        help="Comma-separated lens names (see `audit lenses`), or 'default' (the battery that can reach every "
+             "label; the default), 'quick' (behavior only) or 'full'.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda.")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
@@ -108,7 +111,8 @@ def run_cmd(
     cfg, caught = None, {"signal": int(signal.SIGINT)}
     try:
         cfg = load_config(config, {
-            "base": base, "unlearned": unlearned, "reference": reference, "forget": forget, "retain": retain,
+            "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
+            "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
             "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
             "drop_unknown": drop_unknown,
             "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,

@@ -20,8 +20,9 @@ class AuditConfig(BaseModel):
     """Checkpoint before unlearning (HF directory or .gguf file)."""
     unlearned: str
     """Checkpoint after unlearning."""
-    reference: str | None = None
-    """A model that never learned the forget set (optional, strongly recommended)."""
+    reference: str | list[str] | None = None
+    """Model(s) that never learned the forget set (optional, strongly recommended). Several
+    never-trained models (retrains with other seeds) put their spread into every CI."""
     forget: str
     """Forget set: our JSONL, or a local Hugging Face dataset (``PATH:SPLIT`` picks a split)."""
     retain: str
@@ -38,8 +39,9 @@ class AuditConfig(BaseModel):
     """Drop items the base model does not know before scoring (counted in the results)."""
     out: str = "audit_out"
     """Output folder for audit_log.json, report.html and side files."""
-    lenses: list[str] = Field(default_factory=lambda: ["behavior"])
-    """Lenses to run (see ``audit lenses``)."""
+    lenses: list[str] = Field(default_factory=lambda: ["default"])
+    """Lenses to run (see ``audit lenses``), or a named set: ``default`` (the battery that can
+    reach every label), ``quick`` (behavior only: a first look, never DELETED), ``full``."""
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Per-lens arguments, keyed by lens name."""
     seed: int = 0
@@ -65,6 +67,14 @@ class AuditConfig(BaseModel):
     resume: bool = False
     """Reuse lenses completed by an earlier, interrupted run into the same ``out`` folder
     (``out/.partial``), when their inputs, settings and code version are unchanged."""
+
+
+    @property
+    def references(self) -> list[str]:
+        """The reference checkpoints, as a list (empty without one)."""
+        if self.reference is None:
+            return []
+        return [self.reference] if isinstance(self.reference, str) else list(self.reference)
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> AuditConfig:

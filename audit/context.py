@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -11,7 +12,9 @@ from audit.activations import Activations, capture
 from audit.config import AuditConfig
 from audit.items import KnowledgeItem
 from audit.models import LoadedModel
+from audit.schema import Recovery
 from audit.scoring import ScoreResult, score_items
+from audit.stats import cluster_ids, recovery
 
 ROLES = ("base", "unlearned", "reference")
 
@@ -36,11 +39,16 @@ class AuditContext:
 
     @property
     def has_reference(self) -> bool:
-        return "reference" in self.models
+        return bool(self.reference_roles)
+
+    @property
+    def reference_roles(self) -> list[str]:
+        """Roles of the never-trained models: ``reference``, ``reference_2``, ... (may be empty)."""
+        return [r for r in self.models if r == "reference" or r.startswith("reference_")]
 
     @property
     def roles(self) -> list[str]:
-        return [r for r in ROLES if r in self.models]
+        return [r for r in ("base", "unlearned") if r in self.models] + self.reference_roles
 
     @property
     def n_layers(self) -> int:
@@ -71,8 +79,64 @@ class AuditContext:
         """Per-item chance of ranking the answer first: 1 / #candidates."""
         return np.array([1.0 / len(it.candidates) for it in self.items[item_set]])
 
-    def end_point(self, per_item_reference: Any | None, item_set: str) -> np.ndarray:
-        """Reference end point for recovery: N's per-item scores, or chance without N."""
-        if per_item_reference is not None:
-            return np.asarray(per_item_reference, dtype=float)
-        return self.chance(item_set)
+    def null(self, item_set: str = "forget") -> np.ndarray:
+        """Knowledge-free estimate of the ranking score per item, for runs without a reference.
+
+        A model that never learned the facts can still know how often each answer value
+        occurs (its prior over values). Its chance of ranking item i's answer first is then
+        ``f(answer) / sum(f(candidates))``, with ``f`` the value's frequency as an answer in
+        the item set (at least 1). With every answer distinct (TOFU, capitals) or balanced
+        answers this is chance, 1 / #candidates; with skewed closed-set answers it is higher
+        for the common values, which is what a prior alone earns.
+        """
+        items = self.items[item_set]
+        counts: dict[str, int] = {}
+        for it in items:
+            key = it.answer.strip().lower()
+            counts[key] = counts.get(key, 0) + 1
+        out = np.empty(len(items))
+        for i, it in enumerate(items):
+            f = [max(1, counts.get(c.strip().lower(), 0)) for c in it.candidates]
+            out[i] = f[0] / sum(f)
+        return out
+
+    def clusters(self, item_set: str) -> np.ndarray:
+        """Per-item cluster ids for the bootstrap: items that share a subject form one cluster."""
+        return cluster_ids([it.subject for it in self.items[item_set]])
+
+    def end_point(
+        self, per_role: Mapping[str, Any], item_set: str = "forget", *, null: Any | None = None,
+        rows: Any | None = None,
+    ) -> np.ndarray:
+        """The knowledge-free end point of a reading: every reference's per-item scores
+        (``[references, items]``), or without a reference the ``null`` estimate (per item),
+        by default :meth:`null` (the answer prior of the item set).
+
+        Args:
+            per_role: per-item scores by role (``base``, ``unlearned``, ``reference``, ...).
+            item_set: the item set scored.
+            null: the lens's knowledge-free estimate, used only without a reference.
+            rows: the items scored, when only some of ``item_set`` were.
+        """
+        refs = [np.asarray(per_role[r], dtype=float) for r in self.reference_roles]
+        if refs:
+            return np.stack(refs)
+        out = np.asarray(null, dtype=float) if null is not None else self.null(item_set)
+        return out if rows is None or null is not None else out[rows]
+
+    def recovery(
+        self, per_role: Mapping[str, Any], *, reading: str, item_set: str = "forget", null: Any | None = None,
+        rows: Any | None = None, n_boot: int = 1000, n_compared: int = 1, null_name: str = "answer prior",
+    ) -> Recovery:
+        """Recovery of one reading from per-item scores by role (SPEC §3), with the run's
+        seed, power margin, subject clusters and every reference (or the ``null``)."""
+        cl = self.clusters(item_set)
+        rec = recovery(
+            np.asarray(per_role["base"], dtype=float), np.asarray(per_role["unlearned"], dtype=float),
+            self.end_point(per_role, item_set, null=null, rows=rows), reading=reading,
+            min_power=self.config.min_power, n_boot=n_boot, seed=self.seed, n_compared=n_compared,
+            clusters=cl if rows is None else cl[rows],
+        )
+        if not self.reference_roles:
+            rec.end_point = null_name
+        return rec

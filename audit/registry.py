@@ -68,6 +68,27 @@ def available_lenses() -> dict[str, LensSpec]:
     return dict(sorted(_REGISTRY.items()))
 
 
+# named lens sets: ``default`` is the battery that can reach every label (DELETED needs
+# informative linear_probe, relearn and quantization readings); ``quick`` is a first look
+LENS_SETS: dict[str, tuple[str, ...]] = {
+    "quick": ("behavior",),
+    "default": ("behavior", "linear_probe", "logit_lens", "steering", "sae", "quantization", "relearn",
+                "leak_at_k", "similarity"),
+}
+
+
+def expand_lenses(names: list[str]) -> list[str]:
+    """Lens names with the named sets (``quick``, ``default``, ``full``) expanded, in order, once each."""
+    out: list[str] = []
+    for name in names:
+        if name == "full":
+            group = list(available_lenses())
+        else:
+            group = list(LENS_SETS.get(name, (name,)))
+        out += [g for g in group if g not in out]
+    return out
+
+
 def get_lens(name: str) -> LensSpec:
     """Look a lens up by name.
 

@@ -16,7 +16,7 @@ from audit.items import items_hash, load_item_set
 from audit.models import check_compatible, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
-from audit.registry import get_lens
+from audit.registry import expand_lenses, get_lens
 from audit.resume import PartialStore, lens_key
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
 from audit.scoring import encode_items
@@ -67,7 +67,7 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     policy = policy or load_policy(config.policy)
-    specs = [get_lens(name) for name in config.lenses]
+    specs = [get_lens(name) for name in expand_lenses(config.lenses)]
     lens_cfgs = {}
     for spec in specs:
         opts = dict(config.lens_options.get(spec.name) or {})
@@ -91,7 +91,9 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
     torch.manual_seed(config.seed)
 
     t = time.perf_counter()
-    paths = {"base": config.base, "unlearned": config.unlearned, "reference": config.reference}
+    paths = {"base": config.base, "unlearned": config.unlearned}
+    for i, ref in enumerate(config.references):  # reference, reference_2, reference_3, ...
+        paths["reference" if i == 0 else f"reference_{i + 1}"] = ref
     models = {
         role: load_model(p, role, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                          trust_remote_code=config.trust_remote_code)

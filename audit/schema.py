@@ -52,6 +52,11 @@ class Recovery(BaseModel):
     """R minus the control threshold (SPEC §4.2), when the lens has controls."""
     side_effect_ok: bool | None = None
     """Whether retain items stayed within tolerance, for interventions."""
+    n_references: int = 1
+    """Never-trained models whose mean is the end point (their spread is in the CI)."""
+    end_point: str = "reference"
+    """What the end point S(N) is: ``reference`` (never-trained model(s)) or, without one,
+    the knowledge-free estimate used (``chance``, ``exchangeable-candidates`` ...)."""
     kind: Literal["primary", "scan"] = "primary"
     """``primary``: a reading fixed before looking at U (e.g. the layer where the lens
     best separates B from N); it may bound recovery (DELETED). ``scan``: the best of
