@@ -38,6 +38,8 @@ class Policy(BaseModel):
     """Verdict labels (on the whole forget set) that fail the gate."""
     fail_on_groups: bool = False
     """Also fail when a concept group's verdict is in ``fail_on``."""
+    fail_on_retain_collapse: bool = True
+    """Fail when U's retain score collapsed (dropped by more than ``thresholds.retain_collapse``)."""
 
 
 def load_policy(path: str | Path | None) -> Policy:
@@ -86,6 +88,8 @@ def evaluate(log: AuditLog, policy: Policy) -> dict[str, Any]:
         if v.label in policy.fail_on:
             failures.append(f"{v.scope}: {v.label} — {v.reason}")
     ru = log.retain_utility
+    if policy.fail_on_retain_collapse and ru.get("collapsed"):
+        failures.append(f"retain collapsed: U's retain score {ru['unlearned']:.2f} vs B's {ru['base']:.2f}")
     if policy.retain_floor is not None and ru and ru["unlearned"] < policy.retain_floor:
         failures.append(f"retain score {ru['unlearned']:.2f} is below the floor {policy.retain_floor:.2f}")
     return {"passed": not failures, "failures": failures}

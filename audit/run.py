@@ -138,12 +138,15 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
         timings[f"lens:{spec.name}"] = res.seconds
 
     th = policy.thresholds
-    chance = {it.id: 1.0 / len(it.candidates) for it in items["forget"]}
+    null = dict(zip([it.id for it in items["forget"]], ctx.null("forget").tolist(), strict=True))
+    subjects = {it.id: it.subject for it in items["forget"]}
     verdicts = [decide(results, th)]
-    verdicts += group_verdicts(results, _groups(items["forget"]), chance, th, config.min_power, config.seed)
+    verdicts += group_verdicts(results, _groups(items["forget"]), null, th, config.min_power, config.seed,
+                               clusters=subjects)
     if not ctx.has_reference:
         for v in verdicts:
-            v.reason += " (no reference model: end points are chance, so this verdict is weaker)"
+            v.reason += (" (no reference model: end points are knowledge-free estimates, so DELETED is not "
+                         "certified and this verdict is weaker)")
     timings["total"] = time.perf_counter() - t0
     log = AuditLog(
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -102,6 +102,11 @@ class ScoreResult:
     """Whether the answer ranks above every distractor."""
     greedy: np.ndarray
     """Whether greedy decoding emits the answer's tokens."""
+    greedy_distractors: np.ndarray | None = None
+    """Per item, the fraction of its distractors that greedy decoding emits (0 or 1/#distractors:
+    greedy emits at most one candidate). Without a reference it is the knowledge-free end point
+    of greedy exact match: a model that names a candidate from its prior alone names the answer
+    as often as any one distractor."""
 
     @property
     def score(self) -> float:
@@ -132,14 +137,16 @@ class ScoreResult:
         return out
 
 
-def candidate_logprobs_to_result(cand_lp: list[list[float]], greedy: np.ndarray) -> ScoreResult:
+def candidate_logprobs_to_result(
+    cand_lp: list[list[float]], greedy: np.ndarray, greedy_distractors: np.ndarray | None = None
+) -> ScoreResult:
     margins, correct = [], []
     for row in cand_lp:
         a = row[0]
         d = np.array(row[1:])
         margins.append(a - float(np.logaddexp.reduce(d)))
         correct.append(bool(a > d.max()))
-    return ScoreResult(cand_lp, np.array(margins), np.array(correct), greedy)
+    return ScoreResult(cand_lp, np.array(margins), np.array(correct), greedy, greedy_distractors)
 
 
 def check_finite(
@@ -217,6 +224,7 @@ def score_items(
     order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
     lp_out = [[0.0] * len(c) for c in enc.candidates]
     greedy = np.zeros(len(enc.prompts), dtype=bool)
+    greedy_d = np.zeros(len(enc.prompts))
 
     def chunk(a: int, b: int) -> list[tuple[int, int, float, bool]]:
         idx = order[a:b]
@@ -234,7 +242,7 @@ def score_items(
                     raise LensError(
                         f"{model_name}: non-finite log-probability of candidate {j} on item '{items[i].id}'"
                     )
-                rows.append((i, j, total, j == 0 and bool((logp[row, pos].argmax(-1) == tgt).all())))
+                rows.append((i, j, total, bool((logp[row, pos].argmax(-1) == tgt).all())))
         return rows
 
     for rows in run_batched(chunk, len(order), batch_size, what=f"scoring ({model_name})"):
@@ -242,4 +250,6 @@ def score_items(
             lp_out[i][j] = total
             if j == 0:
                 greedy[i] = g
-    return candidate_logprobs_to_result(lp_out, greedy)
+            elif g:
+                greedy_d[i] += 1.0 / (len(lp_out[i]) - 1)
+    return candidate_logprobs_to_result(lp_out, greedy, greedy_d)

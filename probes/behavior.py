@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from audit.context import AuditContext
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
-from audit.stats import recovery
 
 
 class BehaviorConfig(LensConfig):
@@ -22,15 +23,19 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
             s = ctx.score(role, item_set)
             data[item_set][role] = {"score": s.score, "greedy": s.greedy_score, "mean_margin": float(s.margins.mean())}
     f = {role: ctx.score(role, "forget") for role in ctx.roles}
-    ref = f.get("reference")
+    gd = f["unlearned"].greedy_distractors
+    if gd is None:
+        gd = np.zeros(len(ctx.items["forget"]))
     recs = [
-        recovery(f["base"].correct, f["unlearned"].correct,
-                 ctx.end_point(ref.correct if ref else None, "forget"),
-                 reading="ranking", min_power=ctx.config.min_power, n_boot=cfg.n_boot, seed=ctx.seed),
-        # greedy chance is ~0 for free generation; without N the end point is 0
-        recovery(f["base"].greedy, f["unlearned"].greedy,
-                 ref.greedy if ref else f["base"].greedy * 0.0,
-                 reading="greedy", min_power=ctx.config.min_power, n_boot=cfg.n_boot, seed=ctx.seed),
+        ctx.recovery({r: s.correct for r, s in f.items()}, reading="ranking", n_boot=cfg.n_boot),
+        # the same ranking read continuously (the answer's probability share among the
+        # candidates): tight enough a CI to show U inside the deletion band (docs/verdict.md)
+        ctx.recovery({r: s.soft for r, s in f.items()}, reading="ranking (soft)", n_boot=cfg.n_boot),
+        # without N, greedy's knowledge-free end point is how often U greedily emits one
+        # distractor: a model naming a candidate from its prior alone names the answer as often
+        ctx.recovery({r: s.greedy for r, s in f.items()}, reading="greedy", n_boot=cfg.n_boot,
+                     null=gd,
+                     null_name="U's greedy rate on one distractor"),
     ]
     for i, it in enumerate(ctx.items["forget"]):
         row = {"id": it.id, "prompt": it.prompt, "answer": it.answer, "subject": it.subject, "attribute": it.attribute}
@@ -43,8 +48,13 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
         "ids": [it.id for it in ctx.items["forget"]],
         "readings": {
             "ranking": {role: s.correct.astype(float).tolist() for role, s in f.items()},
+            "ranking (soft)": {role: s.soft.round(6).tolist() for role, s in f.items()},
             "greedy": {role: s.greedy.astype(float).tolist() for role, s in f.items()},
         },
     }
-    notes = [] if ref else ["no reference model: the end point is chance (ranking) and 0 (greedy)"]
+    if not ctx.has_reference:  # the end points used, so group verdicts re-score with the same ones
+        data["per_item"]["readings"]["greedy"]["null"] = gd.tolist()
+    notes = [] if ctx.has_reference else [
+        "no reference model: the knowledge-free end points are estimates: the answer prior of the item set "
+        "(ranking) and U's greedy rate on one distractor (greedy)"]
     return LensResult(name="behavior", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

@@ -27,7 +27,6 @@ from audit.context import AuditContext
 from audit.items import KnowledgeItem
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
-from audit.stats import recovery
 
 
 class LinearProbeConfig(LensConfig):
@@ -167,10 +166,8 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
             r.excess = r.value - r.control_threshold
 
     def rec(scheme: str, layer: int, n_compared: int = 1) -> Recovery:
-        n_end = correct[(scheme, "reference", layer)] if ctx.has_reference else chance
-        return recovery(correct[(scheme, "base", layer)], correct[(scheme, "unlearned", layer)], n_end,
-                        reading=f"{scheme} layer {layer}", min_power=ctx.config.min_power, seed=ctx.seed,
-                        n_compared=n_compared)
+        return ctx.recovery({r: correct[(scheme, r, layer)] for r in roles}, reading=f"{scheme} layer {layer}",
+                            n_compared=n_compared)
 
     rows = {s: [rec(s, layer) for layer in range(L)] for s in schemes}
     layer_recs = {s: [r.model_dump() for r in rows[s]] for s in schemes}

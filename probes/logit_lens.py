@@ -13,7 +13,6 @@ import torch
 from audit.context import AuditContext
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
-from audit.stats import recovery
 
 
 class LogitLensConfig(LensConfig):
@@ -57,19 +56,15 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
     chance = ctx.chance("forget")
     rows: list[Recovery] = []
     for layer in range(L):
-        n_end = reads["reference"][cfg.metric][layer] if ctx.has_reference else chance
-        rows.append(recovery(reads["base"][cfg.metric][layer], reads["unlearned"][cfg.metric][layer], n_end,
-                             reading=f"layer {layer}", min_power=ctx.config.min_power, seed=ctx.seed))
+        rows.append(ctx.recovery({r: reads[r][cfg.metric][layer] for r in reads}, reading=f"layer {layer}"))
     p = max(range(L), key=lambda i: rows[i].score_base - rows[i].score_reference)
     primary = rows[p].model_copy(update={"reading": f"layer {p} (most powerful)"})
     recs = [primary]
     informative = [i for i in range(L) if rows[i].informative and np.isfinite(rows[i].value)]
     if informative:
         s = max(informative, key=lambda i: rows[i].value)
-        n_end = reads["reference"][cfg.metric][s] if ctx.has_reference else chance
-        scan = recovery(reads["base"][cfg.metric][s], reads["unlearned"][cfg.metric][s], n_end,
-                        reading=f"best of {L} layers (layer {s})", min_power=ctx.config.min_power,
-                        seed=ctx.seed, n_compared=L)
+        scan = ctx.recovery({r: reads[r][cfg.metric][s] for r in reads}, reading=f"best of {L} layers (layer {s})",
+                            n_compared=L)
         scan.kind = "scan"
         recs.append(scan)
     data = {

@@ -32,7 +32,6 @@ from audit.errors import LensError
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, score_items
-from audit.stats import recovery
 
 Quantizer = Callable[[Tensor], Tensor]
 
@@ -192,7 +191,7 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
         notes.append("no reference model: the end point is chance, not a quantized N")
     enc = {role: encode_items(ctx.models[role].tokenizer, items) for role in ctx.roles}
     rows: list[dict] = []
-    per_setting: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    per_setting: list[dict[str, np.ndarray]] = []
     for label, scheme, bits, quantizer in settings:
         t = time.perf_counter()
         scores: dict[str, ScoreResult] = {}
@@ -204,11 +203,9 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
             scores[role] = score_items(_forward_of(q), m.tokenizer, items, batch_size=ctx.config.batch_size,
                                        device=m.device, encoded=enc[role])
             del q
-        ref = scores.get("reference")
-        ends = (scores["base"].per_item(cfg.metric), scores["unlearned"].per_item(cfg.metric),
-                ctx.end_point(ref.per_item(cfg.metric) if ref else None, "forget"))
-        per_setting.append(ends)
-        rec = recovery(*ends, reading=label, min_power=ctx.config.min_power, n_boot=cfg.n_boot, seed=ctx.seed)
+        per_role = {role: s.per_item(cfg.metric) for role, s in scores.items()}
+        per_setting.append(per_role)
+        rec = ctx.recovery(per_role, reading=label, n_boot=cfg.n_boot)
         rows.append({
             "label": label, "scheme": scheme, "bits": bits,
             "group_size": cfg.group_size if scheme != "bnb" else cfg.bnb_blocksize,
@@ -228,22 +225,21 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
     recs: list[Recovery] = []
     for i, (label, *_rest) in enumerate(settings):
         # the other settings are scans: their CIs are widened for the number of settings
-        rec = recovery(*per_setting[i], reading=label, min_power=ctx.config.min_power, n_boot=cfg.n_boot,
-                       seed=ctx.seed, n_compared=1 if i == primary else len(settings))
+        rec = ctx.recovery(per_setting[i], reading=label, n_boot=cfg.n_boot,
+                           n_compared=1 if i == primary else len(settings))
         rec.kind = "primary" if i == primary else "scan"
         rows[i]["kind"] = rec.kind
         if i == primary:
             recs.insert(0, rec)
         else:
             recs.append(rec)
-    b, u, n = per_setting[primary]
+    prim = per_setting[primary]
     data = {
         "full_precision": {role: _summary(ctx.score(role, "forget")) for role in ctx.roles},
         "settings": rows,
         "primary": settings[primary][0],
         "per_item": {"ids": [it.id for it in items], "readings": {settings[primary][0]: {
-            "base": b.astype(float).tolist(), "unlearned": u.astype(float).tolist(),
-            **({"reference": n.astype(float).tolist()} if ctx.has_reference else {})}}},
+            role: np.asarray(v, dtype=float).tolist() for role, v in prim.items()}}},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return LensResult(name="quantization", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

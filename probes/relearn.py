@@ -36,7 +36,6 @@ from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, encode_prompt, score_items
-from audit.stats import recovery
 from audit.unlearning import batches, lm_loss
 
 
@@ -207,9 +206,8 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
             u_retain = min(curves[k]["unlearned"][s]["retain"].score for k in mine)
             name = "relearn A→B" if variant == "split" and len(mine) == 1 else (
                 "relearn split (A→B, B→A)" if variant == "split" else "retain fine-tune")
-            rec = recovery(got["base"], got["unlearned"], got["reference"] if ctx.has_reference else chance[scored],
-                           reading=f"{name} {s} steps", min_power=ctx.config.min_power, n_boot=cfg.n_boot,
-                           seed=ctx.seed)
+            rec = ctx.recovery(got, reading=f"{name} {s} steps", rows=np.asarray(scored), n_boot=cfg.n_boot,
+                               null=ctx.null("forget")[scored])
             rec.side_effect_ok = bool(u_retain0 - u_retain <= cfg.side_effect_tolerance)
             if s == steps[-1]:
                 # the verdict reads the full budget only, fixed before looking at U: the best
@@ -225,7 +223,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
 
     notes = []
     if not ctx.has_reference:
-        notes.append("no reference model: the end point is chance, not a relearned N")
+        notes.append("no reference model: the end point is the answer-prior estimate, not a relearned N")
     if any(it.subject is None for it in forget):
         notes.append("some forget items have no subject; each was split as its own subject")
     after = {r: weights_hash(ctx.models[r].hf) for r in ctx.roles} if cfg.verify_untouched else {}

@@ -382,7 +382,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     """Concept features of B's SAE: their survival in U and N, and restoration by moving them."""
     forget, retain = ctx.items["forget"], ctx.items["retain"]
     B, U = ctx.models["base"], ctx.models["unlearned"]
-    ends = ["base", "reference"] if ctx.has_reference else ["base"]
+    ends = ["base", *ctx.reference_roles]
     metric = cfg.metric
     n_layers = ctx.n_layers
     notes: list[str] = []
@@ -482,7 +482,8 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     plain = {role: _unsteered(ctx, role, "forget") for role in ctx.roles}
     plain_retain_u = _unsteered(ctx, "unlearned", "retain")["accuracy"]
     b = plain["base"][metric]
-    n_plain = plain["reference"][metric] if ctx.has_reference else ctx.chance("forget")
+    # the knowledge-free end point: every reference ([references, items]), or the answer-prior estimate
+    n_plain = ctx.end_point({r: plain[r][metric] for r in ctx.roles})
     gap = float(b.mean() - n_plain.mean())
     n_f, n_r, n_sets = len(forget), len(retain), len(feature_sets)
     u_sc = {s: {"accuracy": np.zeros(n_f), "soft": np.zeros(n_f)} for s in scales}
@@ -539,9 +540,11 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
             restored[role][idx_f] = _metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass,
                                                            edit=_editor(sae, d1, m1), n_replicas=1))[metric][0]
 
-    n_st = restored["reference"] if ctx.has_reference else n_plain
+    n_st = np.stack([restored[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
     rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
-                   n_boot=cfg.n_boot, seed=ctx.seed)
+                   n_boot=cfg.n_boot, seed=ctx.seed, clusters=ctx.clusters("forget"))
+    if not ctx.has_reference:
+        rec.end_point = "answer prior"
     with np.errstate(divide="ignore", invalid="ignore"):
         ctrl_r = (c_pool.mean(1) - n_st.mean()) / gap if abs(gap) > 1e-9 else np.full(cfg.n_controls, np.nan)
     threshold = _p(ctrl_r, 95)

@@ -482,7 +482,7 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
     """Cross-fitted steering restoration of U's forget knowledge, against norm-matched controls."""
     forget, retain = ctx.items["forget"], ctx.items["retain"]
     U = ctx.models["unlearned"]
-    ends = ["base", "reference"] if ctx.has_reference else ["base"]
+    ends = ["base", *ctx.reference_roles]
     metric = cfg.metric
     fold_f = _folds(forget, cfg.folds, ctx.seed)
     fold_r = _folds(retain, cfg.folds, ctx.seed + 1)
@@ -504,7 +504,8 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
     plain = {role: _unsteered(ctx, role, "forget") for role in ctx.roles}
     plain_retain_u = _unsteered(ctx, "unlearned", "retain")["accuracy"]
     b = plain["base"][metric]
-    n_plain = plain["reference"][metric] if ctx.has_reference else ctx.chance("forget")
+    # the knowledge-free end point: every reference ([references, items]), or the answer-prior estimate
+    n_plain = ctx.end_point({r: plain[r][metric] for r in ctx.roles})
     gap = float(b.mean() - n_plain.mean())
 
     # directions per fold: fitted on every fold but the one they are applied to
@@ -613,10 +614,12 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
             steered[role][idx_f] = _metrics(prep.logprobs(s.site, v[0][None], v[1][None], cfg.tokens_per_pass))[
                 metric][0]
 
-    n_st = steered["reference"] if ctx.has_reference else n_plain
+    n_st = np.stack([steered[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
     # numerator: steered U vs steered N; denominator: the unsteered gap S(B) - S(N)
     rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
-                   n_boot=cfg.n_boot, seed=ctx.seed)
+                   n_boot=cfg.n_boot, seed=ctx.seed, clusters=ctx.clusters("forget"))
+    if not ctx.has_reference:
+        rec.end_point = "answer prior"
     labels = sorted({s.label() for s in chosen}, key=[s.label() for s in chosen].index)
     reading = f"best steering, cross-fitted: {labels[0]}" if len(labels) == 1 else \
         "best steering, cross-fitted: " + "; ".join(f"fold {e + 1} {s.label()}" for e, s in enumerate(chosen))

@@ -125,7 +125,11 @@ def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
     best = max(probe.data["per_layer"]["transfer_accuracy"]["base"])
     assert best >= 0.75, f"probe reads {best:.2f} at best (chance 0.25)"
     primary = probe.recoveries[0]
-    assert primary.informative and primary.value == pytest.approx(1.0)  # U is B: everything recovers
+    # no reference: the end point is the knowledge-free estimate (the continents' answer prior),
+    # and B's probe reading clears it by far; the probe on U = B reads B's numbers exactly
+    assert primary.end_point == "answer prior" and primary.informative
+    assert primary.score_base - primary.score_reference >= 0.5, primary
+    assert primary.score_reference >= 0.2  # four continents, never below a flat guess by much
     assert log.verdicts[0].label == "NOT_UNLEARNED"
 
 
