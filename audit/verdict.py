@@ -86,7 +86,7 @@ def budget(res: LensResult) -> str:
     c = res.config
     name = res.name
     if name == "relearn":
-        return f"{_list(c.get('steps', []))} steps at lr {c.get('lr')}"
+        return f"{_list(c.get('steps', []))} steps at lr {c.get('lr')}, {c.get('seeds', 1)} seed(s)"
     if name == "quantization":
         return f"{_list(c.get('bits', []))} bits ({_list(c.get('schemes', []))})"
     if name in ("steering", "sae"):

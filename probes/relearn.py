@@ -138,6 +138,9 @@ class RelearnConfig(LensConfig):
     """A relearned U whose held-out retain score drops more than this has a side effect (SPEC §4.4)."""
     verify_untouched: bool = True
     """Hash every loaded model's weights before and after, and fail if any changed."""
+    seeds: int = Field(2, ge=1)
+    """Fine-tuning runs with seeds seed, seed+1, ... (batch order); the recovery reads each
+    item's mean over them, and each seed's own recovery is kept beside it (its spread)."""
     n_boot: int = 1000
     """Bootstrap resamples for recovery CIs."""
 
@@ -171,21 +174,25 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
         runs["B→A"] = ("split", _sub(forget, b_idx), a_idx)
     if cfg.retain_variant:
         runs["retain"] = ("retain", _sub(retain, r_train), list(range(len(forget))))
-    curves: dict[str, dict[str, dict[int, dict[str, ScoreResult]]]] = {k: {} for k in runs}
+    seeds = [ctx.seed + j for j in range(cfg.seeds)]
+    # seed -> run -> role -> steps -> scores
+    by_seed: dict[int, dict[str, dict[str, dict[int, dict[str, ScoreResult]]]]] = {
+        sd: {k: {} for k in runs} for sd in seeds}
     seconds: dict[str, float] = {}
-    for run, (_, train, target_idx) in runs.items():
-        for role in ctx.roles:
-            m = ctx.models[role]
-            t = time.perf_counter()
-            # only U's side effects decide anything, so only U is scored on retain items
-            evals = {"target": _sub(forget, target_idx)}
-            if role == "unlearned":
-                evals["retain"] = side
-            curves[run][role] = relearn_curve(m.hf, m.tokenizer, train, evals, steps, lr=cfg.lr,
-                                              batch_size=cfg.batch_size, seed=ctx.seed,
-                                              eval_batch_size=ctx.config.batch_size, device=m.device,
-                                              desc=f"relearn {run} {role}")
-            seconds[f"{run}:{role}"] = round(time.perf_counter() - t, 3)
+    for sd in seeds:
+        for run, (_, train, target_idx) in runs.items():
+            for role in ctx.roles:
+                m = ctx.models[role]
+                t = time.perf_counter()
+                # only U's side effects decide anything, so only U is scored on retain items
+                evals = {"target": _sub(forget, target_idx)}
+                if role == "unlearned":
+                    evals["retain"] = side
+                by_seed[sd][run][role] = relearn_curve(
+                    m.hf, m.tokenizer, train, evals, steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=sd,
+                    eval_batch_size=ctx.config.batch_size, device=m.device, desc=f"relearn {run} {role} seed {sd}")
+                seconds[f"{run}:{role}:seed{sd}"] = round(time.perf_counter() - t, 3)
+    curves = by_seed[seeds[0]]
 
     recs: list[Recovery] = []
     data_curves: dict[str, list[dict]] = {}
@@ -198,16 +205,23 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
         rows: list[dict[str, Any]] = [{"steps": 0, **{r: float(ctx.score(r, "forget").per_item(cfg.metric)[scored].mean()) for r in ctx.roles},
                  "recovery": None, "ci_low": None, "ci_high": None, "unlearned_retain": u_retain0}]
         for s in steps:
-            full = {r: np.full(len(forget), np.nan) for r in ctx.roles}
-            for k in mine:
-                for r in ctx.roles:
-                    full[r][runs[k][2]] = curves[k][r][s]["target"].per_item(cfg.metric)
-            got = {r: full[r][scored] for r in ctx.roles}
-            u_retain = min(curves[k]["unlearned"][s]["retain"].score for k in mine)
             name = "relearn A→B" if variant == "split" and len(mine) == 1 else (
                 "relearn split (A→B, B→A)" if variant == "split" else "retain fine-tune")
+            per_seed = {}
+            for sd in seeds:
+                per_seed[sd] = {r: np.full(len(forget), np.nan) for r in ctx.roles}
+                for k in mine:
+                    for r in ctx.roles:
+                        per_seed[sd][r][runs[k][2]] = by_seed[sd][k][r][s]["target"].per_item(cfg.metric)
+            # each item's mean over the seeds: the seeds' spread is shown beside it
+            full = {r: np.mean([per_seed[sd][r] for sd in seeds], axis=0) for r in ctx.roles}
+            got = {r: full[r][scored] for r in ctx.roles}
+            u_retain = min(by_seed[sd][k]["unlearned"][s]["retain"].score for k in mine for sd in seeds)
             rec = ctx.recovery(got, reading=f"{name} {s} steps", rows=np.asarray(scored), n_boot=cfg.n_boot,
                                null=ctx.null("forget")[scored])
+            seed_recs = {sd: ctx.recovery({r: per_seed[sd][r][scored] for r in ctx.roles}, reading=f"seed {sd}",
+                                          rows=np.asarray(scored), n_boot=200, null=ctx.null("forget")[scored])
+                         for sd in seeds} if len(seeds) > 1 else {}
             rec.side_effect_ok = bool(u_retain0 - u_retain <= cfg.side_effect_tolerance)
             if s == steps[-1]:
                 # the verdict reads the full budget only, fixed before looking at U: the best
@@ -218,6 +232,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
             rows.append({"steps": s, **{r: float(got[r].mean()) for r in ctx.roles}, "recovery": rec.value,
                          "ci_low": rec.ci_low, "ci_high": rec.ci_high, "unlearned_retain": u_retain,
                          "side_effect_ok": rec.side_effect_ok,
+                         "seed_recoveries": {str(sd): r.value for sd, r in seed_recs.items()},
                          "runs": {k: {r: curves[k][r][s]["target"].score for r in ctx.roles} for k in mine}})
         data_curves[variant] = rows
 
@@ -238,6 +253,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
         "retain_train": [retain[i].id for i in r_train],
         "side_effect_items": [retain[i].id for i in r_side],
         "curves": data_curves,
+        "seeds": seeds,
         "chance": {"split": float(chance[split_scored].mean()), "retain": float(chance.mean()),
                    "A→B": float(chance[b_idx].mean())},
         "per_item": {"ids": [it.id for it in forget], "readings": per_item},
