@@ -131,6 +131,13 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
             res = spec.fn(ctx, lens_cfgs[spec.name])
         except LensError as e:
             res = LensResult(name=spec.name, config=lens_cfgs[spec.name].model_dump(), error=str(e))
+        except InputError:
+            raise
+        except Exception as e:  # noqa: BLE001 - any failure inside a lens (scikit-learn, sae-lens, torch)
+            # becomes that lens's error; the run goes on and the verdict names the failure
+            logger.warning("lens %s failed: %s: %s", spec.name, type(e).__name__, e)
+            res = LensResult(name=spec.name, config=lens_cfgs[spec.name].model_dump(),
+                             error=f"{type(e).__name__} inside the lens: {e}")
         res.seconds = round(time.perf_counter() - t, 3)
         if res.error is None:  # a failed lens is retried on resume
             store.save(spec.name, key, res)
