@@ -216,8 +216,9 @@ def render(log: AuditLog) -> str:
     _metadata(page, log)
     m = log.models
     title = f"Unlearning audit: {m['unlearned'].path if 'unlearned' in m else ''}"
-    sub = (f"base {m['base'].path if 'base' in m else ''} · reference "
-           f"{m['reference'].path if 'reference' in m else 'none (chance end points)'} · {log.created}")
+    refs = [m[r].path for r in m if r == "reference" or r.startswith("reference_")]
+    ref = ", ".join(refs) if refs else "none (knowledge-free estimates as end points; DELETED not certified)"
+    sub = f"base {m['base'].path if 'base' in m else ''} · reference{'s' if len(refs) > 1 else ''} {ref} · {log.created}"
     return page.html(title, sub)
 
 

@@ -1,0 +1,87 @@
+"""Registry conformance: every registered lens against knowledge-free nulls (docs/verdict.md).
+
+For every lens in the registry, on organisms trained in this test session:
+
+- never-trained models that differ from the reference only in being more random
+  (unembedding × 0.5: temperature 2), more peaked (× 2: temperature 0.5), or in their prior
+  over answer values, read a recovery whose CI covers 0, with the unscaled never-trained
+  ``reference_a`` as N: randomness and priors are not knowledge;
+- a construction-SUPPRESSED organism still reads recovery through the lens.
+
+Lens grids are lighter than the defaults (this is about nulls, not attack strength).
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from audit.registry import available_lenses
+
+NULLS = ("reference_b_t05", "reference_b_t2", "reference_skewed")
+SUPPRESSED = ("late_layers", "head_only")
+# lenses that return no recoveries by design (support only)
+NO_RECOVERY = {"similarity"}
+LIGHT = {
+    "steering": {"scales": [1.0], "max_layers": 2},
+    "quantization": {"bits": [4], "schemes": ["sym"], "bitsandbytes": False},
+    "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
+    "leak_at_k": {"n": 16},
+    "sae": {"scales": [1.0, 4.0]},
+}
+
+
+@pytest.fixture(scope="module")
+def audits(suite, manifest, tmp_path_factory):
+    from audit.config import AuditConfig
+    from audit.run import run
+
+    missing = [u for u in (*NULLS, *SUPPRESSED) if u not in manifest["checkpoints"]]
+    assert not missing, f"the organism suite lacks {missing}"
+    tmp = tmp_path_factory.mktemp("conformance")
+    texts = [str(suite / f) for f in ("train_forget.txt", "train_retain.txt")]
+    opts = {**LIGHT, "sae": {**LIGHT["sae"], "text": texts}}
+    out = {}
+    for u in (*NULLS, *SUPPRESSED):
+        cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / u), reference=str(suite / "reference_a"),
+                          forget=str(suite / "forget.jsonl"), retain=str(suite / "retain.jsonl"),
+                          out=str(tmp / u), lenses=["full"], lens_options=opts)
+        out[u] = run(cfg, render=False)
+    return out
+
+
+def test_every_registered_lens_ran(audits):
+    for u, log in audits.items():
+        assert set(log.lenses) == set(available_lenses()), u
+        assert {k: v.error for k, v in log.lenses.items() if v.error} == {}, u
+
+
+@pytest.mark.parametrize("lens", sorted(set(available_lenses()) - NO_RECOVERY))
+@pytest.mark.parametrize("organism", NULLS)
+def test_a_never_trained_model_reads_no_recovery(audits, organism, lens):
+    res = audits[organism].lenses[lens]
+    assert res.recoveries, (organism, lens)
+    for r in res.recoveries:
+        if not (r.informative and math.isfinite(r.value)):
+            continue
+        assert r.ci_low <= 0.0 <= r.ci_high, (organism, lens, r.reading, r.value, r.ci_low, r.ci_high)
+
+
+@pytest.mark.parametrize("organism", NULLS)
+def test_a_never_trained_model_is_never_suppressed_or_not_unlearned(audits, organism):
+    v = audits[organism].verdicts[0]
+    assert v.label not in ("SUPPRESSED", "NOT_UNLEARNED"), (organism, v.reason)
+
+
+@pytest.mark.parametrize("lens", sorted(set(available_lenses()) - NO_RECOVERY - {"behavior"}))
+def test_a_suppressed_organism_reads_recovery(audits, lens):
+    # behavior is the reading suppression hides; every other lens must see through one of them
+    best = []
+    for u in SUPPRESSED:
+        for r in audits[u].lenses[lens].recoveries:
+            if r.informative and math.isfinite(r.value):
+                best.append((r.ci_low, u, r.reading, r.value))
+    assert best, lens
+    lo, u, reading, value = max(best)
+    assert lo > 0.0 and value >= 0.3, (lens, u, reading, value, lo)
