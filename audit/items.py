@@ -146,14 +146,75 @@ class ItemSet:
                 "chat_template": self.chat_template, "n_dropped": self.n_dropped, "notes": list(self.notes)}
 
 
-def _read_jsonl(p: Path) -> list[KnowledgeItem]:
+MAX_LINE_BYTES = 1 << 20
+"""Longest JSONL line (one item) read: 1 MiB, far beyond any prompt a model's context holds."""
+MAX_FILE_BYTES = 256 << 20
+"""Largest item file (or dataset file) read: 256 MiB."""
+MAX_PROMPT_CHARS = 200_000
+"""Longest prompt or question an item may hold (characters)."""
+MAX_ANSWER_CHARS = 10_000
+"""Longest answer, distractor, id or tag (characters)."""
+
+
+def _check_file_size(p: Path) -> None:
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise InputError(f"cannot read item file {p}: {e.strerror or e}") from None
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"item file {p} is {size / (1 << 20):.0f} MiB; at most {MAX_FILE_BYTES >> 20} MiB "
+                         "is read (split the set, or use --max-items on a smaller copy)")
+
+
+def read_lines(p: Path) -> list[str]:
+    """The lines of a UTF-8 text file, read with :data:`MAX_FILE_BYTES` and
+    :data:`MAX_LINE_BYTES` limits (memory stays near the file's size, whatever it holds).
+
+    Raises:
+        InputError: missing, unreadable, too big, a line too long, or not UTF-8 (naming the line).
+    """
     if not p.is_file():
         raise InputError(f"item file not found: {p}")
+    _check_file_size(p)
+    lines: list[str] = []
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot read item file {p}: {e}") from None
-    return parse_items(text.splitlines(), source=str(p))
+        with p.open("rb") as fh:
+            for lineno in range(1, 1 << 62):
+                raw = fh.readline(MAX_LINE_BYTES + 1)
+                if not raw:
+                    break
+                if len(raw) > MAX_LINE_BYTES:
+                    raise InputError(f"{p}:{lineno}: line longer than {MAX_LINE_BYTES >> 20} MiB; "
+                                     "an item this long cannot fit a model's context")
+                try:
+                    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise InputError(f"cannot read item file {p}: line {lineno} is not UTF-8 text "
+                                     f"(byte {e.start}: {e.reason})") from None
+                lines.append(text.rstrip("\r\n"))
+    except OSError as e:
+        raise InputError(f"cannot read item file {p}: {e.strerror or e}") from None
+    return lines
+
+
+def check_item_sizes(items: Sequence[KnowledgeItem], source: str) -> None:
+    """Refuse items whose texts are beyond :data:`MAX_PROMPT_CHARS` / :data:`MAX_ANSWER_CHARS`
+    (from any format: a dataset adapter reads columns, not lines).
+
+    Raises:
+        InputError: naming the source, the item and the field.
+    """
+    for it in items:
+        for name in ("prompt", "question"):
+            v = getattr(it, name)
+            if v is not None and len(v) > MAX_PROMPT_CHARS:
+                raise InputError(f"{source}: item '{it.id[:80]}': field '{name}' has {len(v)} characters; "
+                                 f"at most {MAX_PROMPT_CHARS} are read")
+        for name, v in (("id", it.id), ("answer", it.answer), ("subject", it.subject),
+                        ("attribute", it.attribute), *(("distractors", d) for d in it.distractors)):
+            if v is not None and len(v) > MAX_ANSWER_CHARS:
+                raise InputError(f"{source}: item '{it.id[:80]}': field '{name}' has {len(v)} characters; "
+                                 f"at most {MAX_ANSWER_CHARS} are read")
 
 
 def load_item_set(path: str | Path, fmt: str | None = None, *, role: str | None = None, **options) -> ItemSet:
@@ -165,15 +226,26 @@ def load_item_set(path: str | Path, fmt: str | None = None, *, role: str | None 
     columns. ``role`` (``forget`` / ``retain``) picks a split by name when several exist.
     ``options`` go to the adapter (``qa_template``, ``mc_mode``, ``seed``, ``n_distractors``).
 
+    Files are read with size limits (:data:`MAX_FILE_BYTES`; JSONL lines
+    :data:`MAX_LINE_BYTES`), and every item's texts with :func:`check_item_sizes`.
+
     Raises:
         InputError: naming the file, the row or column, and what was expected.
     """
     from audit.adapters import load_dataset_items, looks_native
 
     p = Path(path)
-    if p.suffix == ".jsonl" and p.is_file() and fmt in (None, "jsonl") and (fmt == "jsonl" or looks_native(p)):
-        return ItemSet(_read_jsonl(p), str(p))
-    return load_dataset_items(str(path), fmt, role=role, **options)
+    lines = None
+    if p.is_file():
+        _check_file_size(p)
+        if p.suffix == ".jsonl":
+            lines = read_lines(p)  # line and encoding limits before any other reader sees the file
+    if lines is not None and fmt in (None, "jsonl") and (fmt == "jsonl" or looks_native(p)):
+        item_set = ItemSet(parse_items(lines, source=str(p)), str(p))
+    else:
+        item_set = load_dataset_items(str(path), fmt, role=role, **options)
+    check_item_sizes(item_set.items, item_set.source)
+    return item_set
 
 
 def load_items(path: str | Path, fmt: str | None = None, **options) -> list[KnowledgeItem]:

@@ -13,6 +13,7 @@ import hashlib
 import os
 import pickle
 import shutil
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,17 @@ from audit.progress import log
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-_HASHED = (".json", ".safetensors", ".gguf", ".model", ".txt", *_PICKLE_SUFFIXES)
+# what a checkpoint *is*: its weights, its config and its tokenizer, picked by name from
+# the checkpoint folder itself (never a subfolder), so nothing else that lands in the
+# folder (an --out inside it, notes, caches) changes the recorded identity
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+_HASHED_NAMES = frozenset({
+    "config.json", "generation_config.json",
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+    "chat_template.json", "chat_template.jinja",
+    "model.safetensors.index.json", "pytorch_model.bin.index.json",
+})
 
 
 def cache_root() -> Path:
@@ -33,17 +44,66 @@ def cache_root() -> Path:
     return Path(os.environ.get("AUDIT_CACHE", Path.home() / ".cache" / "unlearning-audit"))
 
 
-def content_hash(path: str | Path) -> str:
-    """SHA-256 over a checkpoint's weight, config and tokenizer files (names and bytes)."""
+def hashed_files(path: str | Path) -> list[Path]:
+    """The files :func:`content_hash` reads: a file itself, or in a folder (not below it)
+    the weight shards (``*.safetensors``, ``*.bin``, ``*.gguf``, ``*.pt``, ``*.pth``),
+    ``config.json``, ``generation_config.json``, the tokenizer files and shard indexes."""
     p = Path(path)
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in _HASHED)
+    if p.is_file():
+        return [p]
+    return sorted(f for f in p.iterdir() if f.is_file() and (f.name in _HASHED_NAMES or f.suffix in _WEIGHT_SUFFIXES))
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 over a checkpoint's weight, config and tokenizer files (names and bytes).
+
+    Only the files :func:`hashed_files` names count: anything else in the folder (an
+    audit's output, a README) leaves the identity, and so ``--resume`` and the caches, alone.
+    """
     h = hashlib.sha256()
-    for f in files:
+    for f in hashed_files(path):
         h.update(f.name.encode())
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 20), b""):
                 h.update(chunk)
     return h.hexdigest()[:16]
+
+
+def check_device(device: str) -> str:
+    """Check a torch device string before any model loads; returns it.
+
+    ``cpu`` always works; ``cuda`` / ``cuda:N`` need CUDA and that GPU, ``mps`` needs
+    Apple's backend; ``meta`` (no data) is refused; any other device must take a tensor.
+
+    Raises:
+        InputError: an unknown, unavailable or unsupported device, naming it.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise InputError(f"unknown device '{device}': {str(e).splitlines()[0] if str(e) else 'not a torch device'}"
+                         " (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == "cpu":
+        return device
+    if dev.type == "meta":
+        raise InputError(f"device '{device}' holds no data, so nothing can be scored on it; use cpu or cuda")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device '{device}': CUDA is not available on this machine (use --device cpu)")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            raise InputError(f"device '{device}': this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return device
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"device '{device}': the MPS backend is not available on this machine (use --device cpu)")
+        return device
+    try:
+        torch.zeros(1, device=dev)
+    except Exception as e:  # noqa: BLE001  (each backend raises its own error for "not here")
+        raise InputError(f"device '{device}' is not usable here: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    return device
 
 
 @dataclass
@@ -104,12 +164,47 @@ def _hf_dir_for(path: Path, allow_pickle: bool) -> tuple[Path, bool]:
     raise InputError(f"{path} has a config.json but no weights (*.safetensors)")
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+_GGUF_MAGIC = b"GGUF"
+_GGUF_MAX_COUNT = 1 << 24  # tensors or metadata entries: far beyond any real model
+
+
+def check_gguf_header(path: str | Path) -> None:
+    """Check a ``.gguf`` file's fixed header (magic, version, tensor and metadata counts).
+
+    Raises:
+        InputError: a file too short for the header, without the GGUF magic, of an unknown
+            version, or with counts no real file has (garbage after the magic).
+    """
+    import struct
+
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            head = fh.read(24)
+    except OSError as e:
+        raise InputError(f"cannot read {p}: {e.strerror or e}") from None
+    if len(head) < 24 or head[:4] != _GGUF_MAGIC:
+        raise InputError(f"{p} is not a GGUF file (no GGUF header)")
+    version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:24])
+    if version not in (1, 2, 3):
+        raise InputError(f"{p} is not a readable GGUF file (header version {version}; 1-3 are known)")
+    if not 0 < n_tensors <= _GGUF_MAX_COUNT or n_kv > _GGUF_MAX_COUNT:
+        raise InputError(f"{p} is not a readable GGUF file (its header claims {n_tensors} tensors and "
+                         f"{n_kv} metadata entries)")
+
+
 def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
     """Convert a .gguf file once into a cached HF directory (transformers' GGUF loader)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not gguf.is_file():
         raise InputError(f"checkpoint not found: {gguf}")
+    check_gguf_header(gguf)
     out = cache_root() / "gguf" / content_hash(gguf)
     if (out / "config.json").is_file():
         return out
@@ -131,8 +226,8 @@ def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
             **unpack,
         )
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
-    except (ValueError, OSError, RuntimeError, KeyError) as e:
-        raise InputError(f"cannot read {gguf} as a GGUF checkpoint: {e}") from None
+    except Exception as e:  # noqa: BLE001  (an untrusted file: struct.error, IndexError, ... are all "bad file")
+        raise InputError(f"cannot read {gguf} as a GGUF checkpoint: {_first_line(e)}") from None
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # the weights are plain tensors now: drop the loader's state so they save
         quantizer.remove_quantization_config(model)
@@ -169,6 +264,7 @@ def load_model(
     hf_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
+    check_device(device)
     p = Path(path)
     meta: dict[str, Any] = {}
     if p.suffix == ".gguf":
@@ -226,3 +322,51 @@ def check_compatible(models: list[LoadedModel]) -> None:
                 f"{first.role} and {other.role} have different tokenizers "
                 f"({len(va)} vs {len(vb)} tokens; e.g. {diff})"
             )
+
+
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len", "seq_length")
+
+
+def context_length(model: LoadedModel) -> int | None:
+    """Most tokens the model reads at once (its config's ``max_position_embeddings`` or
+    the like), or None when its config does not say."""
+    cfg = model.hf.config
+    for key in _CONTEXT_KEYS:
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+def check_context_window(model: LoadedModel, items: Mapping[str, Sequence[Any]], *, reserve: int = 2) -> None:
+    """Every item's prompt plus its longest candidate (plus ``reserve`` tokens for sampled
+    continuations) must fit the model's context window; call it before any lens runs,
+    on the items as scored (after chat-template wrapping).
+
+    Args:
+        model: the model whose tokenizer and context window count (the base).
+        items: item lists by set name (``{"forget": [...], "retain": [...]}``).
+        reserve: tokens beyond the longest candidate a lens may generate (leak@k samples
+            the answer's length + 2).
+
+    Raises:
+        InputError: naming the set, the item, its length in tokens and the window.
+    """
+    from audit.scoring import encode_items
+
+    limit = context_length(model)
+    if limit is None:
+        return
+    for name, its in items.items():
+        its = list(its)
+        if not its:
+            continue
+        enc = encode_items(model.tokenizer, its)
+        for it, prompt, cands in zip(its, enc.prompts, enc.candidates, strict=True):
+            n = len(prompt) + max(len(c) for c in cands) + reserve
+            if n > limit:
+                raise InputError(
+                    f"{name} item '{it.id}': its prompt and longest candidate take {n} tokens "
+                    f"({len(prompt)} in the prompt, {reserve} reserved), but {model.role} model {model.path} "
+                    f"reads at most {limit}; shorten the prompt or leave the item out"
+                )

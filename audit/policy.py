@@ -6,11 +6,11 @@ input. The default policy ships as ``audit/default_policy.yaml``.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from audit.errors import InputError
 from audit.schema import AuditLog, Label
@@ -41,37 +41,87 @@ class Policy(BaseModel):
     fail_on_retain_collapse: bool = True
     """Fail when U's retain score collapsed (dropped by more than ``thresholds.retain_collapse``)."""
 
+    @model_validator(mode="after")
+    def _within_meaning(self) -> Policy:
+        """Thresholds within their meaning; lens names that exist (checked when a policy is read)."""
+        th = self.thresholds
+
+        def num(name: str) -> float | None:
+            v = getattr(th, name, None)
+            return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+        tau_s, tau_d, beh = num("tau_s"), num("tau_d"), num("behavior_recovery")
+        if tau_d is not None and not 0 <= tau_d <= 1:
+            raise ValueError(f"thresholds.tau_d must be between 0 and 1, not {tau_d}")
+        if tau_s is not None and not 0 <= tau_s <= 1:
+            raise ValueError(f"thresholds.tau_s must be between 0 and 1, not {tau_s}")
+        if tau_s is not None and tau_d is not None and not tau_d < tau_s:
+            raise ValueError(f"thresholds.tau_d ({tau_d}) must be below thresholds.tau_s ({tau_s})")
+        if beh is not None and not 0 < beh <= 1:
+            raise ValueError(f"thresholds.behavior_recovery must be in (0, 1], not {beh}")
+        # every other float threshold (present now or added later) is a fraction of a score
+        for name, field in type(th).model_fields.items():
+            v = num(name)
+            if field.annotation is float and v is not None and not (math.isfinite(v) and 0 <= v <= 1):
+                raise ValueError(f"thresholds.{name} must be between 0 and 1, not {v}")
+        if self.min_items < 1:
+            raise ValueError(f"min_items must be at least 1, not {self.min_items}")
+        if not 0 <= self.side_effect_tolerance <= 1:
+            raise ValueError(f"side_effect_tolerance must be between 0 and 1, not {self.side_effect_tolerance}")
+        if self.retain_floor is not None and not 0 <= self.retain_floor <= 1:
+            raise ValueError(f"retain_floor must be between 0 and 1, not {self.retain_floor}")
+        return self
+
+
+def _check_lens_names(policy: Policy, p: Path) -> None:
+    """Every lens a policy names must exist (a typo would otherwise cost a full run)."""
+    named = [("required_lenses", n) for n in policy.required_lenses]
+    named += [("thresholds.required_for_deleted", n)
+              for n in getattr(policy.thresholds, "required_for_deleted", ()) or ()]
+    if not named:
+        return
+    import difflib
+
+    from audit.registry import available_lenses
+
+    lenses = list(available_lenses())
+    for key, name in named:
+        if name not in lenses:
+            close = difflib.get_close_matches(name, lenses, n=1, cutoff=0.5)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise InputError(f"policy file {p}: key '{key}': unknown lens '{name}'{hint}; "
+                             f"available: {', '.join(lenses)}")
+
 
 def load_policy(path: str | Path | None) -> Policy:
     """Read a policy file (the default policy when ``path`` is None).
 
+    The file is read with :func:`audit.config.read_yaml`'s limits; thresholds must lie
+    within their meaning (0 <= tau_d < tau_s <= 1, 0 < behavior_recovery <= 1, other
+    thresholds in [0, 1], min_items >= 1) and every lens it names must exist.
+
     Raises:
         InputError: unreadable file, not YAML, unknown key or bad value (naming the key).
     """
+    from audit.config import read_yaml
+
     p = Path(path) if path is not None else DEFAULT_POLICY
-    if not p.is_file():
-        raise InputError(f"policy file not found: {p}")
-    try:
-        data: Any = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        why = (str(e).splitlines() or [type(e).__name__])[0]
-        raise InputError(f"policy file {p} is not valid YAML: {why}") from None
-    except RecursionError:
-        raise InputError(f"policy file {p} is nested too deeply") from None
-    except OSError as e:
-        raise InputError(f"cannot read policy file {p}: {e}") from None
+    data: Any = read_yaml(p, "policy file")
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise InputError(f"policy file {p} must hold a mapping of policy keys")
     try:
-        return Policy.model_validate(data)
+        policy = Policy.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(policy)"
-        raise InputError(f"policy file {p}: key '{key}': {err['msg']}") from None
+        key = ".".join(str(x) for x in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InputError(f"policy file {p}: key '{key}': {msg}" if key else f"policy file {p}: {msg}") from None
     except RecursionError:
         raise InputError(f"policy file {p} is nested too deeply") from None
+    _check_lens_names(policy, p)
+    return policy
 
 
 def evaluate(log: AuditLog, policy: Policy) -> dict[str, Any]:
