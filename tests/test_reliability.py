@@ -249,7 +249,8 @@ BAD_INPUTS = {
     "config.json not JSON": (_bad_config_json, "cannot load checkpoint"),
     "folder that is not a checkpoint": (_not_a_checkpoint, "is not a Hugging Face checkpoint: it has no config.json"),
     "plain file as checkpoint": (_a_plain_file, "neither a Hugging Face checkpoint directory nor a .gguf file"),
-    "architecture mismatch": (_architecture_mismatch, "base and reference have different architectures: hidden_size is 128"),
+    # run_args already passes one --reference: this one is the second (reference_2)
+    "architecture mismatch": (_architecture_mismatch, "base and reference_2 have different architectures: hidden_size is 128"),
     "answer tokenizes to nothing": (_answer_tokenizes_to_nothing, "the candidate answer '~~~' tokenizes to nothing"),
     "missing item file": (_missing_items, "nope.jsonl"),
     "undecodable item file": (_unreadable_items, "bin.jsonl"),
