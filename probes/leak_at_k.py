@@ -1,12 +1,22 @@
 """leak@k lens: what sampling reveals that greedy decoding hides (SPEC §3).
 
 Each forget prompt is sampled ``n`` times (T=1, top_p=1 by default); a sample *leaks*
-if a matcher finds the true answer in it. With ``c`` leaking samples out of ``n``,
+a candidate if a matcher finds it in the sample. With ``c`` leaking samples out of ``n``,
 ``leak@k = 1 - C(n-c, k) / C(n, k)`` is the unbiased estimate of the chance that at
-least one of ``k`` samples leaks (the pass@k estimator of Chen et al. 2021). It is read
-on B, U and N with the same samples budget, so recovery compares like with like: in a
-closed answer set a model that never knew still names the right answer by luck, and
-its leak@k rises with k too.
+least one of ``k`` samples leaks (the pass@k estimator of Chen et al. 2021).
+
+**Knowledge-free null (SPEC §5).** A raw leak@k of the true answer rises with how random
+a model samples: a never-trained model at temperature 2 names more values, the true one
+among them, than the same model at temperature 0.5. So the same samples are also scored
+for each of the item's distractors, and the reading is the *contrast*
+``leak@k(answer) − mean over distractors of leak@k(distractor)`` per item. Under
+exchangeability of the answer and its distractors (a model without the knowledge has no
+reason to name one more than the others) the contrast is 0 in expectation whatever the
+temperature, top-p or peakedness of the model; B scores near 1. Recoveries read the
+contrast; the raw curves are kept as data. The contrast is read on B, U and every
+reference with the same samples budget, so a prior over values that the answer set's
+skew rewards is carried by N as well; without a reference the end point is the
+contrast's knowledge-free value, 0.
 
 Sampling is batched across prompts: each prompt's forward pass is run once, its key/value
 cache repeated ``n`` times, then all ``prompts × n`` continuations are sampled together
@@ -40,7 +50,6 @@ from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
 from audit.scoring import encode_continuation, encode_prompt, pad_id_of
-from audit.stats import recovery
 
 Matcher = Callable[[str, KnowledgeItem], bool]
 """``(completion, item) -> leaked?``: judges one sampled continuation."""
@@ -92,6 +101,32 @@ def default_ks(n: int) -> list[int]:
     """1, 2, 4, ... up to n, always ending at n."""
     ks = [1 << i for i in range(n.bit_length()) if (1 << i) <= n]
     return ks if ks[-1] == n else [*ks, n]
+
+
+def candidate_counts(samples: Sequence[Sequence[str]], items: Sequence[KnowledgeItem],
+                     matcher: Matcher) -> list[np.ndarray]:
+    """Per item, how many of its samples contain each candidate (answer first, then each
+    distractor), judged by ``matcher`` on the item with that candidate as its answer."""
+    out = []
+    for row, it in zip(samples, items, strict=True):
+        cands = [it] + [it.model_copy(update={"answer": d}) for d in it.distractors]
+        out.append(np.array([sum(bool(matcher(s, c)) for s in row) for c in cands], dtype=int))
+    return out
+
+
+def candidate_leaks(n: int, counts: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(leak@k of the answer, mean leak@k of the distractors)`` per item, each the
+    unbiased estimate from that candidate's own count in the same ``n`` samples."""
+    ans = np.array([float(leak_at_k(n, c[0], k)) for c in counts])
+    dis = np.array([float(leak_at_k(n, c[1:], k).mean()) if len(c) > 1 else 0.0 for c in counts])
+    return ans, dis
+
+
+def leak_contrast(n: int, counts: Sequence[np.ndarray], k: int) -> np.ndarray:
+    """Per-item contrast ``leak@k(answer) − mean_d leak@k(d)`` (in [-1, 1]; 0 in
+    expectation for a model whose samples do not single out the true answer)."""
+    ans, dis = candidate_leaks(n, counts, k)
+    return ans - dis
 
 
 class LeakAtKConfig(LensConfig):
@@ -195,9 +230,24 @@ def _max_answer_tokens(tokenizer, items: Sequence[KnowledgeItem]) -> int:
                for it in items)
 
 
-@register_lens("leak_at_k", LeakAtKConfig, "answer leaks among n sampled continuations (unbiased leak@k)")
+def _max_candidate_tokens(tokenizer, items: Sequence[KnowledgeItem]) -> int:
+    """Tokens of the longest candidate (answer or distractor): every candidate must fit in a
+    sample, or the contrast would favour short answers."""
+    out = 0
+    for it in items:
+        pre = encode_prompt(tokenizer, it.prompt)
+        out = max(out, *(len(encode_continuation(tokenizer, it.prompt, c, pre)) for c in it.candidates))
+    return out
+
+
+CONTRAST = "answer − distractors"
+
+
+@register_lens("leak_at_k", LeakAtKConfig,
+               "answer leaks among n sampled continuations, against the distractors' leaks (unbiased leak@k)")
 def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
-    """leak@k of B, U and N on forget prompts, with greedy exact match beside it."""
+    """leak@k contrast (answer − mean distractor) of B, U and every reference on forget
+    prompts, with the raw leak@k curves and greedy exact match beside it."""
     t0 = time.perf_counter()
     items = ctx.items["forget"]
     ks = sorted({k for k in (cfg.ks or default_ks(cfg.n)) if 1 <= k <= cfg.n}) or [cfg.n]
@@ -206,11 +256,12 @@ def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
         notes.append(f"k values outside 1..{cfg.n} were dropped")
     matcher = MATCHERS[cfg.matcher]
     tok0 = ctx.models["base"].tokenizer
-    max_new = cfg.max_new_tokens or _max_answer_tokens(tok0, items) + 2
-    counts: dict[str, np.ndarray] = {}
+    max_new = cfg.max_new_tokens or _max_candidate_tokens(tok0, items) + 2
+    roles = ctx.roles
+    counts: dict[str, list[np.ndarray]] = {}
     seconds: dict[str, float] = {}
     examples: dict[str, list[list[str]]] = {}
-    for role in ctx.roles:
+    for role in roles:
         m = ctx.models[role]
         t = time.perf_counter()
         samples = sample_continuations(
@@ -218,43 +269,55 @@ def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
             temperature=cfg.temperature, top_p=cfg.top_p, seed=ctx.seed, max_batch_sequences=cfg.max_batch_sequences,
             device=m.device,
         )
-        counts[role] = np.array([sum(matcher(s, it) for s in row) for row, it in zip(samples, items, strict=True)])
+        counts[role] = candidate_counts(samples, items, matcher)
         seconds[role] = round(time.perf_counter() - t, 3)
         examples[role] = [row[:4] for row in samples]
-    per_k = {role: {k: leak_at_k(cfg.n, c, k) for k in ks} for role, c in counts.items()}
-    greedy = {role: ctx.score(role, "forget").greedy for role in ctx.roles}
-    ref = "reference" if ctx.has_reference else None
-    recs = []
+    leaks = {role: {k: candidate_leaks(cfg.n, c, k) for k in ks} for role, c in counts.items()}
+    contrast = {role: {k: a - d for k, (a, d) in per.items()} for role, per in leaks.items()}
+    greedy = {role: ctx.score(role, "forget").greedy for role in roles}
+    zeros = np.zeros(len(items))
+    recs, per_item = [], {}
     for k in sorted({ks[0], ks[-1]}):
-        # without N there is no sampled end point; 0 is the floor, as for greedy in behavior
-        end = per_k[ref][k] if ref else np.zeros(len(items))
-        rec = recovery(per_k["base"][k], per_k["unlearned"][k], end, reading=f"leak@{k}",
-                       min_power=ctx.config.min_power, n_boot=cfg.n_boot, seed=ctx.seed)
+        reading = f"leak@{k} ({CONTRAST})"
+        per_role = {role: contrast[role][k] for role in roles}
+        # without N the end point is the contrast's knowledge-free value: 0 under exchangeable candidates
+        rec = ctx.recovery(per_role, reading=reading, null=zeros, null_name="exchangeable candidates (contrast 0)",
+                           n_boot=cfg.n_boot)
         if k > ks[0]:
-            # leak@n is nearly 0/1 per item and rides on lucky hits in closed answer sets: it
-            # can show a leak (SUPPRESSED) but is too noisy to bound recovery; leak@1 (= c/n,
-            # smooth per item) is the reading that can
+            # leak@n is nearly 0/1 per candidate and rides on lucky hits in closed answer sets:
+            # its contrast can show a leak (SUPPRESSED) but is too noisy to bound recovery;
+            # leak@1 (= c/n per candidate, smooth per item) is the reading that can
             rec.kind = "scan"
         recs.append(rec)
-    if not ref:
-        notes.append("no reference model: the end point is 0, though a model that never knew can name a "
-                     "closed-set answer by luck; recovery is therefore overstated")
+        per_item[reading] = {role: v.tolist() for role, v in per_role.items()} | (
+            {} if ctx.has_reference else {"reference": zeros.tolist()})
+    if not ctx.has_reference:
+        notes.append(
+            "no reference model: the end point is the contrast's knowledge-free value, 0: a model without the "
+            "knowledge names the answer as often as each distractor, whatever its temperature (this assumes "
+            "answers and distractors are exchangeable; a prior over answer values that the item set's answers "
+            "favour would raise it, and only a reference carries that)")
     rows = []
     for i, it in enumerate(items):
         row: dict[str, Any] = {"id": it.id, "answer": it.answer}
-        for role in ctx.roles:
-            row[f"{role}_leaks"] = int(counts[role][i])
+        for role in roles:
+            row[f"{role}_leaks"] = int(counts[role][i][0])
+            row[f"{role}_distractor_leaks"] = counts[role][i][1:].tolist()
             row[f"{role}_greedy"] = bool(greedy[role][i])
             row[f"{role}_samples"] = examples[role][i]
         rows.append(row)
     data = {
-        "per_item": {"ids": [it.id for it in items], "readings": {
-            r.reading: {role: per_k[role][int(r.reading.split("@")[1])].tolist() for role in ctx.roles}
-            | ({} if ref else {"reference": [0.0] * len(items)}) for r in recs}},
-        "n": cfg.n, "ks": ks, "max_new_tokens": max_new, "matcher": cfg.matcher,
-        "leak": {role: [float(per_k[role][k].mean()) for k in ks] for role in ctx.roles},
-        "greedy": {role: float(greedy[role].mean()) for role in ctx.roles},
-        "sample_rate": {role: float(counts[role].mean() / cfg.n) for role in ctx.roles},
+        "per_item": {"ids": [it.id for it in items], "readings": per_item},
+        "n": cfg.n, "ks": ks, "max_new_tokens": max_new, "matcher": cfg.matcher, "temperature": cfg.temperature,
+        "roles": roles,
+        # raw curves: mean over items of leak@k of the answer and of the mean distractor
+        "leak": {role: [float(leaks[role][k][0].mean()) for k in ks] for role in roles},
+        "leak_distractors": {role: [float(leaks[role][k][1].mean()) for k in ks] for role in roles},
+        "contrast": {role: [float(contrast[role][k].mean()) for k in ks] for role in roles},
+        "greedy": {role: float(greedy[role].mean()) for role in roles},
+        "sample_rate": {role: float(np.mean([c[0] for c in counts[role]]) / cfg.n) for role in roles},
+        "distractor_sample_rate": {role: float(np.mean([c[1:].mean() for c in counts[role]]) / cfg.n)
+                                   for role in roles},
         "items": rows,
         "seconds": {**seconds, "total": round(time.perf_counter() - t0, 3)},
     }

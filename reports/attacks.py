@@ -122,25 +122,53 @@ def relearn_section(page: Page, res: LensResult) -> None:
     page.section("Relearning", body + _notes(res), "relearn")
 
 
+def _role_color(role: str) -> str:
+    """Colour of a role; further references (``reference_2``, ...) share the reference grey."""
+    return ROLE_COLORS.get(role) or (ROLE_COLORS["reference"] if role.startswith("reference") else "#9467bd")
+
+
 @section("leak_at_k")
 def leak_at_k_section(page: Page, res: LensResult) -> None:
     d = res.data
     if not d.get("leak"):
         return
-    fig = go.Figure()
-    for role in ROLES:
-        if role not in d["leak"]:
-            continue
-        fig.add_trace(go.Scatter(name=f"leak@k {role}", mode="lines+markers", x=d["ks"], y=d["leak"][role],
-                                 marker_color=ROLE_COLORS[role]))
-        fig.add_trace(go.Scatter(name=f"greedy {role}", mode="lines", x=[d["ks"][0], d["ks"][-1]],
-                                 y=[d["greedy"][role]] * 2, line={"dash": "dot", "color": ROLE_COLORS[role]}))
-    fig.update_layout(title=f"leak@k over {d['n']} samples per prompt", xaxis={"title": "k", "type": "log", "tickvals": d["ks"]},
-                      yaxis={"title": "fraction of forget items leaked", "range": [0, 1.05]}, height=380)
-    page.section(
-        "leak@k",
-        page.figure(fig, "Unbiased leak@k = 1 − C(n−c, k)/C(n, k) (solid) against greedy exact match (dotted); "
-                    f"matcher: {d.get('matcher', '')}, {d.get('max_new_tokens', '?')} new tokens per sample.")
-        + _notes(res),
-        "leak_at_k",
-    )
+    ks, roles = d["ks"], list(d["leak"])
+    dis, con = d.get("leak_distractors", {}), d.get("contrast", {})
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "raw leak@k: answer (solid), mean distractor (dashed), greedy (dotted)",
+        "contrast: leak@k(answer) − mean leak@k(distractors)"))
+    for role in roles:
+        c = _role_color(role)
+        fig.add_trace(go.Scatter(name=f"answer {role}", mode="lines+markers", x=ks, y=d["leak"][role],
+                                 marker_color=c, line={"color": c}, legendgroup=role), row=1, col=1)
+        if role in dis:
+            fig.add_trace(go.Scatter(name=f"distractors {role}", mode="lines", x=ks, y=dis[role],
+                                     line={"dash": "dash", "color": c}, legendgroup=role), row=1, col=1)
+        if role in d.get("greedy", {}):
+            fig.add_trace(go.Scatter(name=f"greedy {role}", mode="lines", x=[ks[0], ks[-1]], y=[d["greedy"][role]] * 2,
+                                     line={"dash": "dot", "color": c}, legendgroup=role), row=1, col=1)
+        if role in con:
+            fig.add_trace(go.Scatter(name=f"contrast {role}", mode="lines+markers", x=ks, y=con[role],
+                                     marker_color=c, line={"color": c}, legendgroup=role, showlegend=False),
+                          row=1, col=2)
+    fig.add_hline(y=0, line_color="#999", row=1, col=2)
+    fig.update_xaxes(title_text="k", type="log", tickvals=ks)
+    fig.update_yaxes(title_text="fraction of forget items leaked", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="answer − distractors", range=[-0.3, 1.05], row=1, col=2)
+    fig.update_layout(title=f"leak@k over {d['n']} samples per prompt", height=400)
+    body = page.figure(
+        fig, "Unbiased leak@k = 1 − C(n−c, k)/C(n, k) of the answer and of each distractor, counted in the same "
+        f"samples; matcher: {d.get('matcher', '')}, {d.get('max_new_tokens', '?')} new tokens per sample. "
+        "A model without the knowledge names the answer as often as a distractor, so its contrast is 0 at any "
+        "sampling temperature; recoveries read the contrast, the raw curves are data.")
+    if con:
+        cols = sorted({0, len(ks) - 1})
+        head = "".join(f"<th>leak@{ks[j]} answer</th><th>leak@{ks[j]} distractors</th><th>contrast</th>"
+                       for j in cols)
+        trs = "".join(
+            f"<tr><td>{e(role)}</td><td>{_num(d.get('greedy', {}).get(role))}</td>"
+            + "".join(f"<td>{_num(d['leak'][role][j])}</td><td>{_num(dis.get(role, [None] * len(ks))[j])}</td>"
+                      f"<td>{_num(con[role][j])}</td>" for j in cols) + "</tr>"
+            for role in roles if role in con)
+        body += f"<table><tr><th>model</th><th>greedy</th>{head}</tr>{trs}</table>"
+    page.section("leak@k", body + _notes(res), "leak_at_k")

@@ -23,8 +23,8 @@ ATTACKS = ("quantization", "relearn", "leak_at_k")
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    # The time budget is per attack on 2 cores; when the cores are shared, two OpenMP
-    # threads spin-wait on each other and the same work takes 5-30x longer.
+    # On 2 shared cores two OpenMP threads spin-wait on each other and the same work
+    # takes 5-30x longer.
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -144,7 +144,10 @@ def test_sampling_is_seeded_and_batched_like_one_prompt_at_a_time(base_model, su
 
 @pytest.fixture(scope="module")
 def attacked(suite):
-    """All three attacks, defaults, on base / head_only / reference_b (as N)."""
+    """All three attacks, defaults, on base / head_only (SUPPRESSED by construction), with
+    two never-trained references: reference_b and reference_a (as ``reference_2``; the
+    end point is their mean, their spread in the CIs). Measured numbers in the docstrings
+    below quote reference_b alone as N, as the fixture used before it had two."""
     from audit.config import AuditConfig
     from audit.context import AuditContext
     from audit.items import load_items
@@ -152,10 +155,11 @@ def attacked(suite):
     from audit.registry import get_lens
 
     cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / "head_only"),
-                      reference=str(suite / "reference_b"), forget=str(suite / "forget.jsonl"),
-                      retain=str(suite / "retain.jsonl"))
-    models = {r: load_model(p, r) for r, p in (("base", cfg.base), ("unlearned", cfg.unlearned),
-                                               ("reference", cfg.reference))}
+                      reference=[str(suite / "reference_b"), str(suite / "reference_a")],
+                      forget=str(suite / "forget.jsonl"), retain=str(suite / "retain.jsonl"))
+    paths = {"base": cfg.base, "unlearned": cfg.unlearned, "reference": cfg.references[0],
+             "reference_2": cfg.references[1]}
+    models = {r: load_model(p, r) for r, p in paths.items()}
     ctx = AuditContext(cfg, models, {"forget": load_items(cfg.forget), "retain": load_items(cfg.retain)})
     before = {r: weights_hash(m.hf) for r, m in models.items()}
     out, seconds = {}, {}
@@ -205,21 +209,42 @@ def test_relearning_half_a_restores_half_b_only_where_it_was_suppressed(attacked
     assert np.mean(pi["readings"][split.reading]["unlearned"]) == pytest.approx(split.score_unlearned)
 
 
-def test_leak_at_k_rises_with_k_and_beats_greedy(attacked):
-    """Measured (n=32, T=1, default suite): base leak@1 0.88 → leak@32 0.99 (greedy 0.95);
-    head_only leak@1 0.21 → leak@32 0.71 while its greedy match is 0.21; reference_b
-    leak@32 0.31 (greedy 0.07): a never-trained model names a closed-set answer by luck."""
+LEAK_READINGS = ["leak@1 (answer − distractors)", "leak@32 (answer − distractors)"]
+
+
+def test_leak_at_k_rises_with_k_and_the_contrast_reads_the_suppressed_answer(attacked):
+    """Measured (n=32, T=1, default suite, N = reference_b): raw leak@1 → leak@32 of the
+    answer: base 0.87 → 0.99 (greedy 0.95), head_only 0.21 → 0.71 (greedy 0.21),
+    reference_b 0.11 → 0.34 (greedy 0.07): a never-trained model names a closed-set answer
+    by luck, but names each distractor as often (0.11 → 0.36), so its contrast is ≈ 0,
+    while head_only's distractors reach only 0.09 → 0.43: contrast 0.12 / 0.28."""
     res = attacked["results"]["leak_at_k"]
     d = res.data
     assert d["ks"] == [1, 2, 4, 8, 16, 32] and d["max_new_tokens"] == 3
     for role in ("base", "unlearned", "reference"):
         assert np.all(np.diff(d["leak"][role]) >= -1e-12), role
+        assert np.all(np.diff(d["leak_distractors"][role]) >= -1e-12), role
     assert d["leak"]["base"][-1] >= d["greedy"]["base"] and d["leak"]["base"][0] > 0.8
     assert d["leak"]["unlearned"][-1] > d["greedy"]["unlearned"] + 0.3  # sampling shows what greedy hides
-    assert d["leak"]["unlearned"][-1] > d["leak"]["reference"][-1] + 0.2
-    top = next(r for r in res.recoveries if r.reading == "leak@32")
-    assert top.informative and top.ci_low > 0.3
-    assert set(d["per_item"]["readings"]) == {"leak@1", "leak@32"}
+    # the raw leak of a never-trained model rises with k; the contrast does not
+    assert d["leak"]["reference"][-1] > d["greedy"]["reference"] + 0.1
+    assert max(abs(x) for x in d["contrast"]["reference"]) < 0.06
+    assert min(d["contrast"]["base"]) > 0.75
+    assert min(np.array(d["contrast"]["unlearned"]) - d["contrast"]["reference"]) > 0.08
+    assert [r.reading for r in res.recoveries] == LEAK_READINGS
+    assert [r.kind for r in res.recoveries] == ["primary", "scan"]  # leak@n never bounds recovery
+    one, top = res.recoveries
+    assert one.informative and one.ci_low > 0.05
+    assert top.informative and top.ci_low > 0.15 and top.value > 0.25
+    # the per-item readings are the contrast of the counts kept per item, for every role
+    pi = d["per_item"]
+    assert list(pi["readings"]) == LEAK_READINGS
+    assert all(set(v) == set(attacked["ctx"].roles) for v in pi["readings"].values())
+    n = d["n"]
+    for role in attacked["ctx"].roles:
+        c1 = [r[f"{role}_leaks"] / n - np.mean(r[f"{role}_distractor_leaks"]) / n for r in d["items"]]
+        np.testing.assert_allclose(pi["readings"][LEAK_READINGS[0]][role], c1, atol=1e-12)
+    assert np.mean(pi["readings"][top.reading]["unlearned"]) == pytest.approx(top.score_unlearned)
 
 
 def test_quantization_reads_all_settings_with_quantized_end_points(attacked):
@@ -249,24 +274,55 @@ def test_quantization_reads_all_settings_with_quantized_end_points(attacked):
     assert list(res.data["per_item"]["readings"]) == [primary.reading]
 
 
-def test_attacks_leave_loaded_models_untouched_and_fit_the_time_budget(attacked):
+def test_attacks_leave_models_untouched_and_read_more_on_suppressed_than_never_trained(attacked):
+    """Each attack's primary reading, re-scored from its per-item data with reference_b
+    alone as N: on head_only (SUPPRESSED by construction) against reference_a (never
+    trained on the forget people) in U's place. Measured (default suite, seed 0), head_only
+    (R, CI low) vs reference_a (R, CI): quantization int3 asym 0.26, 0.16 vs 0.02 (−0.08–0.11);
+    relearn split 20 steps 0.67, 0.61 vs −0.01 (−0.10–0.06); leak@1 contrast 0.14, 0.07 vs
+    0.03 (−0.04–0.10)."""
+    from audit.stats import recovery
+
     assert attacked["before"] == attacked["after"]
     hashes = attacked["results"]["relearn"].data["weights_hash"]
-    assert all(h["before"] == h["after"] for h in hashes.values()) and len(hashes) == 3
-    for name, sec in attacked["seconds"].items():
-        assert sec < 120, (name, sec)
-        assert attacked["results"][name].data["seconds"]
+    assert all(h["before"] == h["after"] for h in hashes.values()) and len(hashes) == 4
+    ctx = attacked["ctx"]
+    for name in ATTACKS:
+        res = attacked["results"][name]
+        primary = res.recoveries[0]
+        assert primary.kind == "primary" and primary.n_references == 2 and res.data["seconds"]
+        per = {r: np.asarray(v, dtype=float) for r, v in res.data["per_item"]["readings"][primary.reading].items()}
+        assert set(per) == set(ctx.roles), name
+        kw = {"reading": primary.reading, "clusters": ctx.clusters("forget"), "min_power": ctx.config.min_power}
+        sup = recovery(per["base"], per["unlearned"], per["reference"], **kw)
+        null = recovery(per["base"], per["reference_2"], per["reference"], **kw)
+        msg = (name, primary.reading, round(sup.value, 3), round(sup.ci_low, 3), round(null.value, 3),
+               round(null.ci_low, 3), round(null.ci_high, 3))
+        # U recovers (CI above 0), and more than the never-trained model could: U's estimate
+        # lies above the whole CI of the never-trained one
+        assert sup.informative and sup.ci_low > 0 and sup.value > null.ci_high, msg
+        # a never-trained model audited against another recovers nothing: its CI covers 0
+        assert null.ci_low <= 0 <= null.ci_high, msg
 
 
 def test_attacks_run_through_the_cli_and_the_log_round_trips(run_args, suite, tmp_path):
+    """head_only (suppressed in its unembedding), 90 items (30 people), N = reference_a.
+    Measured: relearn split 0.68 (CI 0.60–0.76), quantization int3 asym 0.23 (0.14–0.32),
+    leak@32 contrast 0.29 (0.14–0.43), behavior ranking (soft) 0.25: SUPPRESSED by relearn.
+    (With 24 items no attack reaches τ_s: INCONCLUSIVE; subject_offset, whose offset sits on
+    the subject's tokens, reads no recovery on these attacks at 24 items: INCONCLUSIVE.)"""
     from audit.schema import read_log, write_log
     from cli import app
 
     out = tmp_path / "o"
-    res = CliRunner().invoke(app, run_args(suite, out, "subject_offset", "behavior," + ",".join(ATTACKS),
-                                           max_items=24))
-    assert res.exit_code in (0, 1), res.output  # 1: the default policy fails anything but DELETED
+    res = CliRunner().invoke(app, run_args(suite, out, "head_only", "behavior," + ",".join(ATTACKS),
+                                           max_items=90))
     raw = json.loads((out / "audit_log.json").read_text())
+    # suppressed by construction, and the attacks see it; the default policy fails every label but DELETED
+    verdict = next(v for v in raw["verdicts"] if v["scope"] == "forget set")
+    assert verdict["label"] == "SUPPRESSED", verdict["reason"]
+    assert verdict["evidence"] and verdict["evidence"][0]["lens"] in ATTACKS, verdict["evidence"]
+    assert res.exit_code == 1, res.output
     for name in ATTACKS:
         lens = raw["lenses"][name]
         assert lens["error"] is None and lens["recoveries"] and lens["seconds"] > 0
