@@ -169,6 +169,8 @@ def run_cmd(
     except InputError as e:
         _fail(e)
     except KeyboardInterrupt:
+        if _CONSOLE_SCRIPT:  # a second Ctrl-C while we say goodbye must not print a traceback
+            _ignore_signals()
         name = signal.Signals(caught["signal"]).name
         kept = Path(cfg.out) / ".partial" if cfg is not None else "the output folder's .partial"
         _say(f"interrupted ({name}): previous results are untouched; completed lenses are kept in {kept}; "
@@ -453,15 +455,29 @@ def calibrate_cmd(
     console.print(f"report: {out / 'calibration.html'}")
 
 
+_CONSOLE_SCRIPT = False
+"""Whether ``audit`` runs as its own process (not in a test's CliRunner, whose process
+must keep its signal handlers)."""
+
+
+def _ignore_signals() -> None:
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+    except ValueError:  # not the main thread
+        pass
+
+
 def main() -> None:
-    """The console script: after the command, a further Ctrl-C or SIGTERM while the
-    interpreter shuts down (atexit handlers of torch and friends) is ignored, so it never
-    prints a traceback over the command's own message."""
+    """The console script: once the command has ended (or been interrupted), a further
+    Ctrl-C or SIGTERM while the interpreter shuts down (atexit handlers of torch and
+    friends) is ignored, so it never prints a traceback over the command's own message."""
+    global _CONSOLE_SCRIPT
+    _CONSOLE_SCRIPT = True
     try:
         app()
     finally:
-        for s in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(s, signal.SIG_IGN)
+        _ignore_signals()
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ class _LimitedLoader(*_PARSER, yaml.composer.Composer, yaml.constructor.SafeCons
 
     def __init__(self, stream: str) -> None:
         if len(_PARSER) == 1:
-            _PARSER[0].__init__(self, stream)
+            _PARSER[0].__init__(self, stream)  # type: ignore[misc]
         else:
             yaml.reader.Reader.__init__(self, stream)
             yaml.scanner.Scanner.__init__(self)
