@@ -13,7 +13,7 @@ from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.errors import InputError, LensError
 from audit.items import items_hash, load_item_set
-from audit.models import check_compatible, load_model
+from audit.models import check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
 from audit.registry import expand_lenses, get_lens
@@ -110,6 +110,7 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
         )
     for v in items.values():
         encode_items(models["base"].tokenizer, v)  # an answer that tokenizes to nothing fails here
+    check_context_window(models["base"], items, reserve=2)  # a prompt longer than the model's window
     timings["load"] = time.perf_counter() - t
 
     ctx = AuditContext(config, models, items)
