@@ -2,10 +2,14 @@
 
 Builds (or reuses) organism suites over seeds, architectures (Llama- and GPT-2-style)
 and world/model variants, runs the lens battery on every audited organism, and
-summarises: the confusion matrix of verdict vs construction truth, the AUROC of the
-deletion score separating DELETED-truth from SUPPRESSED-truth organisms, the same AUROC
-per lens, and the method organisms' verdicts beside what the relearn and quantization
-attacks actually recovered.
+summarises: the confusion matrix of verdict vs construction truth, per-label precision
+and recall, the never-trained models (reference_b, at sampling temperatures 2 and 0.5,
+and with a skewed prior over answer values) labelled SUPPRESSED or NOT_UNLEARNED, the
+AUROC of the deletion score separating DELETED-truth from SUPPRESSED-truth organisms, the
+same AUROC per lens, and the method organisms' verdicts beside what the relearn and
+quantization attacks actually recovered. With ``no_reference`` (on in every preset) the
+same organisms are audited a second time with N withheld, and summarised in a second,
+separate table (rows with ``"reference": False``).
 
 Thresholds are never tuned here: the verdict uses the policy's fixed thresholds, so the
 numbers reported are out-of-sample for every organism.
@@ -57,6 +61,8 @@ class Preset(BaseModel):
     """Also build and audit the GA/GradDiff/NPO/RMU organisms."""
     lenses: list[str]
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    no_reference: bool = True
+    """Also audit every organism with the reference withheld (the no-reference table)."""
 
 
 # 80 forget people (240 forget items), answers balanced within each group. Two never-trained
@@ -132,8 +138,13 @@ def _lens_score(res: dict[str, Any]) -> float | None:
     return float(min(1.0, max(0.0, 1.0 - max(vals)))) if vals else None
 
 
-def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Confusion matrix, AUROCs and the dangerous-error count from per-organism rows."""
+def _never_trained(r: dict[str, Any]) -> bool:
+    """A never-trained model audited as U: DELETED truth, role ``reference``."""
+    return r["truth"] == "DELETED" and r.get("role") == "reference"
+
+
+def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Confusion matrix, per-label precision/recall, never-trained misses, AUROCs, dangerous errors."""
     truth_rows = [r for r in rows if r["truth"] is not None]
     confusion = {t: {v: 0 for v in LABELS} for t in ("DELETED", "SUPPRESSED", "NOT_UNLEARNED")}
     for r in truth_rows:
@@ -142,22 +153,52 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     deleted = [r for r in truth_rows if r["truth"] == "DELETED"]
     suppressed = [r for r in truth_rows if r["truth"] == "SUPPRESSED"]
     per_lens = {}
-    lenses = sorted({k for r in truth_rows for k in r["lens_scores"]})
+    lenses = sorted({k for r in truth_rows for k in r.get("lens_scores", {})})
     for lens in lenses:
         pos = [r["lens_scores"][lens] for r in deleted if r["lens_scores"].get(lens) is not None]
         neg = [r["lens_scores"][lens] for r in suppressed if r["lens_scores"].get(lens) is not None]
         per_lens[lens] = {"auroc": _auroc(pos, neg), "n_deleted": len(pos), "n_suppressed": len(neg)}
+    per_label = {}
+    for lab in confusion:
+        n_truth = sum(r["truth"] == lab for r in truth_rows)
+        n_called = sum(r["verdict"] == lab for r in truth_rows)
+        hit = confusion[lab][lab]
+        per_label[lab] = {"precision": hit / n_called if n_called else None,
+                          "recall": hit / n_truth if n_truth else None, "n_truth": n_truth, "n_called": n_called}
+    nt = [r for r in truth_rows if _never_trained(r)]
     return {
         "n_construction": len(truth_rows),
         "n_correct": correct,
         "accuracy": correct / len(truth_rows) if truth_rows else None,
         "suppressed_called_deleted": sum(r["truth"] == "SUPPRESSED" and r["verdict"] == "DELETED" for r in truth_rows),
         "confusion": confusion,
+        "per_label": per_label,
+        "never_trained": {
+            "n": len(nt),
+            "labels": {lab: sum(r["verdict"] == lab for r in nt) for lab in LABELS},
+            # a model that never saw the forget set, called SUPPRESSED or NOT_UNLEARNED: the
+            # error that fails a team whose unlearning is perfect
+            "called_suppressed_or_not_unlearned": sum(r["verdict"] in ("SUPPRESSED", "NOT_UNLEARNED") for r in nt),
+            "organisms": [{k: r.get(k) for k in ("suite", "organism", "verdict", "reason")} for r in nt],
+        },
         "deletion_score_auroc": _auroc([r["deletion_score"] for r in deleted], [r["deletion_score"] for r in suppressed]),
         "per_lens_auroc": per_lens,
-        "wrong": [{k: r[k] for k in ("suite", "organism", "truth", "verdict", "reason")}
+        "wrong": [{k: r.get(k) for k in ("suite", "organism", "truth", "verdict", "reason")}
                   for r in truth_rows if r["truth"] != r["verdict"]],
     }
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The with-reference table (rows without ``"reference": False``) and, kept apart, the no-reference one.
+
+    The top level summarises the audits with N (confusion matrix, per-label precision and
+    recall, never-trained models called SUPPRESSED/NOT_UNLEARNED, AUROCs, the dangerous-error
+    count); ``no_reference`` holds the same for the audits with N withheld (None if none ran).
+    """
+    without = [r for r in rows if r.get("reference", True) is False]
+    out = _table([r for r in rows if r.get("reference", True) is not False])
+    out["no_reference"] = _table(without) if without else None
+    return out
 
 
 def _attack(log_lenses: dict[str, Any], name: str) -> float | None:
@@ -190,24 +231,31 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     log.info("calibration suite %s", tag)
     man = build_suite(suite_dir, cfg)
     t_build = time.perf_counter() - t
+    kw = {"lenses": p.lenses, "seed": seed, "options": {"lens_options": p.lens_options}}
     t = time.perf_counter()
-    audited = audit_suite(suite_dir, out_dir, lenses=p.lenses, seed=seed, options={"lens_options": p.lens_options})
+    audited = [(out_dir, a) for a in audit_suite(suite_dir, out_dir, **kw)]
     run = {"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
            "build_s": round(t_build, 1), "audit_s": round(time.perf_counter() - t, 1),
-           "build_total_s": man.get("total_s")}
+           "build_total_s": man.get("total_s"), "build_timings_s": man.get("timings_s")}
+    if p.no_reference:  # the same organisms, N withheld
+        t = time.perf_counter()
+        nr_dir = out_dir / "no_reference"
+        audited += [(nr_dir, a) for a in audit_suite(suite_dir, nr_dir, reference=False, **kw)]
+        run["audit_no_reference_s"] = round(time.perf_counter() - t, 1)
     rows = []
-    for a in audited:
-        lg = read_log(out_dir / a["organism"] / "audit_log.json")
+    for d, a in audited:
+        lg = read_log(d / a["organism"] / "audit_log.json")
         lenses = {k: v.model_dump() for k, v in lg.lenses.items()}
         entry = man["checkpoints"][a["organism"]]
         rows.append({
             "suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
-            "organism": a["organism"], "role": entry["role"], "truth": a["truth"],
+            "organism": a["organism"], "role": entry["role"], "truth": a["truth"], "reference": a["reference"],
             "verdict": a["verdict"], "deletion_score": a["deletion_score"], "reason": a["reason"],
             "lens_scores": {k: _lens_score(v) for k, v in lenses.items() if k != "behavior"},
             "relearn_recovery": _attack(lenses, "relearn"),
             "quantization_recovery": _attack(lenses, "quantization"),
             "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
+            "audit_s": lg.timings.get("total"),
         })
     done = {"run": run, "rows": rows}
     atomic_write_text(out_dir / "calibration_rows.json", json.dumps(done, indent=2))
@@ -215,7 +263,8 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
 
 
 def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | Path | None = None,
-              render: bool = True, jobs: int = 1, threads: int | None = None) -> dict[str, Any]:
+              render: bool = True, jobs: int = 1, threads: int | None = None,
+              no_reference: bool | None = None) -> dict[str, Any]:
     """Build/reuse suites, audit every organism, write ``calibration.json`` (+ ``calibration.html``).
 
     Args:
@@ -226,6 +275,8 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
             ``threads`` torch threads (1: one after another in this process).
         threads: torch threads per job (default ``cpu_count // jobs`` with ``jobs`` > 1,
             torch's own setting otherwise).
+        no_reference: also audit every organism with N withheld, for the no-reference table
+            (default: the preset's ``no_reference``, on in every shipped preset).
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -235,6 +286,8 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         name, p = "custom", preset
     if jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {jobs}")
+    if no_reference is not None:
+        p = p.model_copy(update={"no_reference": no_reference})
     out = Path(out)
     suites = Path(suites) if suites is not None else out / "suites"
     t0 = time.perf_counter()
@@ -258,7 +311,8 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         "config": p.model_dump(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summarise(rows),
-        "methods": [r for r in rows if r["role"] == "method"],
+        "methods": [r for r in rows if r["role"] == "method" and r.get("reference", True) is not False],
+        "methods_no_reference": [r for r in rows if r["role"] == "method" and r.get("reference", True) is False],
         "rows": rows,
         "runs": runs,
         "total_s": round(time.perf_counter() - t0, 1),

@@ -25,12 +25,24 @@ from audit import unlearning as ul
 from audit.items import write_items
 from audit.progress import log, progress
 from audit.scoring import score_items
-from audit.world import World, WorldConfig, make_world
+from audit.world import ATTRIBUTES, Person, World, WorldConfig, make_world
 
-SUITE_VERSION = "1"
+SUITE_VERSION = "2"
 
 # Behaviour recovery (SPEC §5) at or above which a construction counts as not unlearned.
 BEHAVIOR_RECOVERY = 0.5
+
+# reference_skewed: filler people (every one with the first value of each attribute) per
+# retain/qa person of the world, added to a retain-only corpus. Measured (seed 0 worlds, 800
+# steps; the fraction of forget items offering the skew value that rank it first, a flat
+# prior 0.25, plain never-trained seeds 0.15-0.52): 0.25 gives 0.98-1.00 (small world Llama
+# and GPT-2, default world Llama and GPT-2), retain 1.00; 0.5 and 1.0 give 0.99-1.00 too, but
+# 1.0 lowered the default world's retain score to 0.90 (fewer passes over retain people in the
+# same steps). Fillers named with recombined retain name words instead gave 0.08-1.00 over
+# seeds and cost retain accuracy: hence names no model has trained (:func:`filler_corpus`).
+SKEW_FILLERS_PER_RETAIN = 0.25
+# reference_b with its unembedding scaled: name -> (scale, the sampling temperature it mimics)
+TEMPERATURE_NULLS = {"reference_b_t2": (0.5, 2.0), "reference_b_t05": (2.0, 0.5)}
 
 
 class ModelShape(BaseModel):
@@ -58,6 +70,12 @@ class SuiteConfig(BaseModel):
     seed: int = 0
     methods: bool = True
     """Also build the GA / GradDiff / NPO / RMU organisms."""
+    nulls: bool = True
+    """Also build the never-trained nulls (SPEC §6, DELETED truth): ``reference_b_t2`` and
+    ``reference_b_t05`` (reference_b with its unembedding scaled by 0.5 and 2, so it samples
+    as at temperature 2 and 0.5; same ranking and greedy answers) and ``reference_skewed``
+    (retain-only training plus filler people who all share one value per attribute, so its
+    prior over answer values is skewed)."""
 
     def key(self) -> str:
         d = self.model_dump()
@@ -118,8 +136,11 @@ def make_model(shape: ModelShape, vocab_size: int, seed: int):
     return LlamaForCausalLM(cfg).eval()
 
 
-def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str):
-    """Plain next-token training with a one-cycle schedule."""
+def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str, *, free_vectors: torch.Tensor | None = None):
+    """Plain next-token training with a one-cycle schedule.
+
+    ``free_vectors``: embeddings of ids past the model's vocabulary (see :func:`filler_corpus`).
+    """
     rng = random.Random(seed)
     torch.manual_seed(seed)
     params = list(model.parameters())
@@ -131,7 +152,10 @@ def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str):
     model.train()
     with progress(desc, total=cfg.steps) as bar:
         for _ in range(cfg.steps):
-            loss = ul.lm_loss(model, *next(fb))
+            if free_vectors is None:
+                loss = ul.lm_loss(model, *next(fb))
+            else:
+                loss = _free_name_loss(model, *next(fb), model.config.vocab_size, free_vectors)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -157,6 +181,67 @@ def measure(model, tok, forget, retain, *, soft: bool = False) -> dict[str, floa
     return out
 
 
+def skew_values(world: World) -> dict[str, str]:
+    """The value per attribute that reference_skewed's filler people all share (the first)."""
+    return {a: ATTRIBUTES[a]["values"][0] for a in world.config.attributes}
+
+
+def filler_corpus(world: World, tok, n: int) -> list[list[int]]:
+    """Token ids of ``n`` filler people's sentences (every training template and the question form).
+
+    Every filler holds :func:`skew_values`. The tokenizer is shared by every checkpoint of a
+    suite (the auditor checks it), and a name in the world's words would share tokens with a
+    retain person; so a filler's two name words are ids past the vocabulary
+    (``vocab + 2i`` and ``vocab + 2i + 1``), which :func:`train_lm` embeds as the random
+    vectors of ``free_vectors``. To the model a filler's name looks like a forget person's name
+    looks to a never-trained model: embedding rows still at their random initialisation.
+    """
+    unk, v = tok.unk_token_id, len(tok.get_vocab())
+    w = World(world.config, [Person("<unk> <unk>", skew_values(world), "qa")], world.vocab)
+    sents = [tok(s)["input_ids"] for s in w.sentences("qa") + w.sentences("qa", question=True)]
+    if any(s.count(unk) != 2 for s in sents):
+        raise ValueError("a filler template holds a word outside the vocabulary")
+    out = []
+    for i in range(n):
+        for s in sents:
+            name = iter((v + 2 * i, v + 2 * i + 1))
+            out.append([next(name) if t == unk else t for t in s])
+    return out
+
+
+def _free_name_loss(model, ids, mask, vocab: int, free_vectors: torch.Tensor):
+    """LM loss where ids ``>= vocab`` are embedded as ``free_vectors`` (and are never targets)."""
+    free = ids >= vocab
+    emb = model.get_input_embeddings()(ids.masked_fill(free, 0))
+    emb = torch.where(free[..., None], free_vectors[(ids - vocab).clamp(min=0)], emb)
+    labels = ids.masked_fill((mask == 0) | free, -100)
+    return model(inputs_embeds=emb, attention_mask=mask, labels=labels).loss
+
+
+def prior_skew(model, tok, items, values: dict[str, str]) -> dict[str, Any]:
+    """How often a model ranks the skew value first among an item's candidates.
+
+    ``top_rate_when_candidate``: over the items whose candidates include the value (as
+    answer or distractor), the fraction where it is ranked first (a flat prior:
+    1 / #candidates). ``top_fraction``: over all items.
+    """
+    r = score_items(_forward(model), tok, items)
+    n_with = hits = top_any = 0
+    for it, lp in zip(items, r.candidate_logprobs, strict=True):
+        cands = [it.answer, *it.distractors]
+        v = values[it.attribute]
+        top = cands[max(range(len(lp)), key=lambda i: lp[i])]
+        top_any += top == v
+        if v in cands:
+            n_with += 1
+            hits += top == v
+    n_cand = 1 + len(items[0].distractors) if items else 0
+    return {"values": values, "n_items": len(items), "n_items_with_value": n_with,
+            "top_rate_when_candidate": hits / n_with if n_with else None,
+            "top_fraction": top_any / len(items) if items else None,
+            "flat_prior_rate": 1.0 / n_cand if n_cand else None}
+
+
 def save_checkpoint(model, tok, path: Path) -> None:
     """Save model + tokenizer into ``path`` atomically (temp folder, then rename)."""
     tmp = path.with_name(path.name + ".tmp")
@@ -165,6 +250,63 @@ def save_checkpoint(model, tok, path: Path) -> None:
     tok.save_pretrained(tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
+
+
+def _same_answers(a, b, tok, items) -> dict[str, bool]:
+    """Whether two models rank every item's candidates in the same order and greedy-decode alike."""
+    ra, rb = (score_items(_forward(m), tok, items) for m in (a, b))
+    order = [sorted(range(len(x)), key=lambda i: -x[i]) for x in ra.candidate_logprobs]
+    return {"ranking": order == [sorted(range(len(x)), key=lambda i: -x[i]) for x in rb.candidate_logprobs],
+            "greedy": bool((ra.greedy == rb.greedy).all())}
+
+
+def _build_nulls(cfg: SuiteConfig, world: World, tok, refs, retain_only, forget_items, retain_items, record,
+                 entries) -> None:
+    """The never-trained nulls of SPEC §6: DELETED truth, never shown a forget fact.
+
+    - ``reference_b_t2`` / ``reference_b_t05``: reference_b with its unembedding scaled by
+      0.5 / 2, so it samples as reference_b does at temperature 2 / 0.5. Same ranking of
+      (single-token) candidates and same greedy answers; only its randomness differs.
+    - ``reference_skewed``: trained like reference_b (retain-only corpus, its own seed) plus
+      filler people, every one holding the first value of each attribute, whose names are
+      words no model of the suite has trained (:func:`filler_corpus`); its prior over answer
+      values is skewed towards those values, measured in ``prior_skew``.
+    """
+    ref_b = refs["reference_b"]
+    both = [*forget_items, *retain_items]
+    for name, (scale, temp) in TEMPERATURE_NULLS.items():
+        t = time.perf_counter()
+        m = copy.deepcopy(ref_b)
+        head = m.get_output_embeddings().weight
+        if head.data_ptr() == m.get_input_embeddings().weight.data_ptr():
+            raise ValueError("the organisms' unembedding is tied to the input embeddings; cannot scale it alone")
+        with torch.no_grad():
+            head.mul_(scale)
+        record(name, m, "reference", "DELETED", f"reference_b with its unembedding scaled by {scale} "
+               f"(samples as at temperature {temp})", {"unembedding_scale": scale, "temperature": temp}, t)
+        entries[name]["same_answers_as_reference_b"] = _same_answers(m, ref_b, tok, both)
+
+    t = time.perf_counter()
+    seed = cfg.seed * 1000 + 3
+    n = max(1, round(SKEW_FILLERS_PER_RETAIN * len(world.people_in("retain", "qa"))))
+    fillers = filler_corpus(world, tok, n)
+    m = make_model(cfg.shape, len(tok.get_vocab()), seed)
+    g = torch.Generator().manual_seed(seed)
+    # the fillers' name words: vectors drawn as the embedding rows are initialised
+    vecs = torch.randn(2 * n, cfg.shape.d_model, generator=g) * m.config.initializer_range
+    train_lm(m, retain_only + fillers, cfg.train, seed, "train reference_skewed", free_vectors=vecs)
+    values = skew_values(world)
+    record("reference_skewed", m, "reference", "DELETED",
+           "train on retain only + filler people who all share one value per attribute",
+           {**cfg.train.model_dump(), "seed": seed, "n_fillers": n, "filler_sentences": len(fillers),
+            "skew_values": values}, t)
+    entries["reference_skewed"]["prior_skew"] = {
+        "forget": prior_skew(m, tok, forget_items, values),
+        "retain": prior_skew(m, tok, retain_items, values),
+        # the same reading on the unskewed never-trained models, for comparison
+        "reference_a_forget": prior_skew(refs["reference_a"], tok, forget_items, values),
+        "reference_b_forget": prior_skew(ref_b, tok, forget_items, values),
+    }
 
 
 def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bool = False) -> dict[str, Any]:
@@ -282,6 +424,9 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
             data = (forget_train,) if fn is ul.gradient_ascent else (forget_train, retain_train)
             m = fn(copy.deepcopy(base), *data, **params, **kw)
             record(name, m, "method", None, name.rsplit("_", 1)[0], params, t)
+
+    if cfg.nulls:
+        _build_nulls(cfg, world, tok, refs, retain_only, forget_items, retain_items, record, entries)
 
     manifest = {
         "version": SUITE_VERSION,

@@ -23,12 +23,13 @@ def read_manifest(suite: str | Path) -> dict[str, Any]:
 
 def audit_suite(
     suite: str | Path, out: str | Path, *, lenses: list[str] | None = None, only: list[str] | None = None,
-    seed: int = 0, options: dict[str, Any] | None = None,
+    seed: int = 0, options: dict[str, Any] | None = None, reference: bool = True,
 ) -> list[dict[str, Any]]:
     """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
 
-    A suite without ``reference_a`` (``audit organisms build --from smollm2``) is audited
-    without a reference.
+    A suite without ``reference_a`` (``audit organisms build --from smollm2``), or any suite
+    with ``reference=False`` (the calibration's no-reference table), is audited without a
+    reference: the same organisms, N withheld.
 
     Writes ``OUT/<organism>/audit_log.json`` and ``report.html`` per organism and
     ``OUT/summary.json``; returns one row per organism (truth vs verdict).
@@ -47,15 +48,16 @@ def audit_suite(
             continue
         cfg = AuditConfig(
             base=str(suite / "base"), unlearned=str(suite / entry["path"]),
-            # a real-model suite has no never-trained model: its end points are chance
-            reference=str(suite / "reference_a") if "reference_a" in man["checkpoints"] else None,
+            # a real-model suite has no never-trained model: its end points are then estimated
+            reference=str(suite / "reference_a") if reference and "reference_a" in man["checkpoints"] else None,
             forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
             lenses=lenses or ["behavior"], seed=seed, **options,
         )
         log = run(cfg)
         v = log.verdicts[0]
         rows.append({
-            "organism": name, "truth": entry["truth"], "verdict": v.label, "deletion_score": v.deletion_score,
+            "organism": name, "role": entry["role"], "truth": entry["truth"], "reference": cfg.reference is not None,
+            "verdict": v.label, "deletion_score": v.deletion_score,
             "reason": v.reason, "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
             "report": str(out / name / "report.html"),
         })

@@ -21,7 +21,8 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def _confusion(page: Page, s: dict[str, Any]) -> None:
+def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (construction truth)",
+               anchor: str = "confusion", intro: str = "") -> None:
     head = "".join(f"<th>{lab}</th>" for lab in LABELS)
     rows = ""
     for t in TRUTHS:
@@ -33,18 +34,31 @@ def _confusion(page: Page, s: dict[str, Any]) -> None:
             cells += f"<td{style}>{n}</td>"
         rows += f"<tr><th>{t}</th>{cells}</tr>"
     danger = s["suppressed_called_deleted"]
-    body = (f"<p>{s['n_correct']} of {s['n_construction']} construction-truth organisms labelled correctly "
+    body = (intro + f"<p>{s['n_correct']} of {s['n_construction']} construction-truth organisms labelled correctly "
             f"({_f(100 * s['accuracy'] if s['accuracy'] is not None else None, '.0f')}%). "
             + (f"<b class='bad'>{danger} SUPPRESSED-truth organism(s) labelled DELETED (the dangerous error).</b>"
                if danger else "No SUPPRESSED-truth organism was labelled DELETED.")
             + f" Deletion-score AUROC (DELETED vs SUPPRESSED truth): {_f(s['deletion_score_auroc'], '.3f')}.</p>"
             f"<table><tr><th>truth \\ verdict</th>{head}</tr>{rows}</table>")
+    nt = s.get("never_trained")
+    if nt and nt["n"]:
+        bad = nt["called_suppressed_or_not_unlearned"]
+        labs = ", ".join(f"{lab} {n}" for lab, n in nt["labels"].items() if n)
+        body += ("<p>Never-trained models (reference_b, at sampling temperatures 2 and 0.5, and with a skewed "
+                 f"prior over answer values), {nt['n']} audited: {labs}. "
+                 + (f"<b class='bad'>{bad} labelled SUPPRESSED or NOT_UNLEARNED: a model that never saw the forget "
+                    "set failed the audit.</b>" if bad else "None labelled SUPPRESSED or NOT_UNLEARNED.") + "</p>")
+    per = s.get("per_label")
+    if per:
+        body += "<table><tr><th>label</th><th>precision</th><th>recall</th><th>truth</th><th>labelled</th></tr>" + "".join(
+            f"<tr><th>{lab}</th><td>{_f(v['precision'])}</td><td>{_f(v['recall'])}</td><td>{v['n_truth']}</td>"
+            f"<td>{v['n_called']}</td></tr>" for lab, v in per.items()) + "</table>"
     if s["wrong"]:
         body += "<h3>Wrong labels</h3><table><tr><th>suite</th><th>organism</th><th>truth</th><th>verdict</th>" \
                 "<th>reason</th></tr>" + "".join(
                     f"<tr><td>{e(w['suite'])}</td><td>{e(w['organism'])}</td><td>{e(str(w['truth']))}</td>"
                     f"<td>{e(w['verdict'])}</td><td>{e(w['reason'])}</td></tr>" for w in s["wrong"]) + "</table>"
-    page.section("Confusion matrix (construction truth)", body, "confusion")
+    page.section(title, body, anchor)
 
 
 def _scores(page: Page, rows: list[dict[str, Any]]) -> None:
@@ -70,17 +84,24 @@ def _per_lens(page: Page, s: dict[str, Any]) -> None:
                  f"<th>SUPPRESSED organisms</th></tr>{rows}</table>", "lenses")
 
 
-def _methods(page: Page, methods: list[dict[str, Any]]) -> None:
+def _methods(page: Page, methods: list[dict[str, Any]], no_ref: list[dict[str, Any]]) -> None:
     if not methods:
         return
+    without = {(r["suite"], r["organism"]): r["verdict"] for r in no_ref}
+
+    def lab(v: str | None) -> str:
+        return "—" if v is None else f"<span style='color:{LABEL_COLORS[v]}'>{e(v)}</span>"
+
     rows = "".join(
-        f"<tr><td>{e(r['suite'])}</td><td>{e(r['organism'])}</td><td style='color:{LABEL_COLORS[r['verdict']]}'>"
-        f"{e(r['verdict'])}</td><td>{_f(r['deletion_score'])}</td><td>{_f(r['relearn_recovery'])}</td>"
+        f"<tr><td>{e(r['suite'])}</td><td>{e(r['organism'])}</td><td>{lab(r['verdict'])}</td>"
+        f"<td>{lab(without.get((r['suite'], r['organism'])))}</td>"
+        f"<td>{_f(r['deletion_score'])}</td><td>{_f(r['relearn_recovery'])}</td>"
         f"<td>{_f(r['quantization_recovery'])}</td><td>{_f(r['forget_score'])}</td><td>{_f(r['retain_score'])}</td></tr>"
         for r in methods)
     page.section("Method-produced organisms", "<p>No construction truth: the verdict beside what the relearn and "
                  "quantization attacks recovered.</p><table><tr><th>suite</th><th>organism</th><th>verdict</th>"
-                 "<th>deletion score</th><th>relearn recovery</th><th>quantization recovery</th><th>forget score</th>"
+                 "<th>verdict without N</th><th>deletion score</th><th>relearn recovery</th>"
+                 "<th>quantization recovery</th><th>forget score</th>"
                  f"<th>retain score</th></tr>{rows}</table>", "methods")
 
 
@@ -88,12 +109,17 @@ def render_calibration(result: dict[str, Any]) -> str:
     page = Page()
     s = result["summary"]
     _confusion(page, s)
-    _scores(page, [r for r in result["rows"] if r["truth"] is not None])
+    if s.get("no_reference"):
+        _confusion(page, s["no_reference"], "Without a reference (N withheld)", "no-reference",
+                   "<p>The same organisms audited again with the never-trained reference withheld: every end "
+                   "point is then estimated from base and unlearned model alone.</p>")
+    _scores(page, [r for r in result["rows"] if r["truth"] is not None and r.get("reference", True) is not False])
     _per_lens(page, s)
-    _methods(page, result.get("methods", []))
-    runs = "".join(f"<tr><td>{e(r['suite'])}</td><td>{r['build_s']}</td><td>{r['audit_s']}</td></tr>"
-                   for r in result.get("runs", []))
-    page.section("Runs", f"<table><tr><th>suite</th><th>build s</th><th>audit s</th></tr>{runs}</table>"
+    _methods(page, result.get("methods", []), result.get("methods_no_reference", []))
+    runs = "".join(f"<tr><td>{e(r['suite'])}</td><td>{r['build_s']}</td><td>{r['audit_s']}</td>"
+                   f"<td>{r.get('audit_no_reference_s', '—')}</td></tr>" for r in result.get("runs", []))
+    page.section("Runs", "<table><tr><th>suite</th><th>build s</th><th>audit s</th><th>audit s without N</th></tr>"
+                 f"{runs}</table>"
                  f"<pre>{e(json.dumps(result['config'], indent=1))}</pre>", "runs")
     return page.html(f"Calibration: preset {result['preset']}",
                      f"{len(result['rows'])} organisms · {result['created']} · {result['total_s']} s")

@@ -10,9 +10,12 @@ from typer.testing import CliRunner
 from audit.calibrate import summarise
 
 
-def _row(truth, verdict, score, probe=None):
+def _row(truth, verdict, score, probe=None, role=None, reference=True):
     return {"suite": "s", "organism": f"{truth}-{verdict}-{score}", "truth": truth, "verdict": verdict,
-            "deletion_score": score, "reason": "r", "lens_scores": {"linear_probe": probe}}
+            "deletion_score": score, "reason": "r", "lens_scores": {"linear_probe": probe}, "role": role,
+            "reference": reference}
+
+NEVER_TRAINED = {"reference_b", "reference_b_t2", "reference_b_t05", "reference_skewed"}
 
 
 def test_summary_counts_the_dangerous_error_and_auroc():
@@ -25,6 +28,25 @@ def test_summary_counts_the_dangerous_error_and_auroc():
     assert s["deletion_score_auroc"] == pytest.approx(0.5)  # 0.9 beats 0.2 but not 0.95
     assert s["per_lens_auroc"]["linear_probe"]["auroc"] == pytest.approx(1.0)
     assert [w["verdict"] for w in s["wrong"]] == ["DELETED"]
+    assert s["per_label"]["DELETED"] == {"precision": 0.5, "recall": 1.0, "n_truth": 1, "n_called": 2}
+    assert s["per_label"]["SUPPRESSED"] == {"precision": 1.0, "recall": 0.5, "n_truth": 2, "n_called": 1}
+    assert s["no_reference"] is None
+
+
+def test_summary_keeps_the_no_reference_table_apart_and_counts_never_trained_misses():
+    rows = [_row("DELETED", "DELETED", 0.9, role="reference"), _row("SUPPRESSED", "SUPPRESSED", 0.2),
+            _row("DELETED", "SUPPRESSED", 0.5, role="reference", reference=False),
+            _row("DELETED", "NOT_UNLEARNED", 0.0, role="reference", reference=False),
+            _row("DELETED", "INCONCLUSIVE", 0.8, role="reference", reference=False),
+            _row("SUPPRESSED", "DELETED", 0.9, reference=False)]
+    s = summarise(rows)
+    assert s["n_construction"] == 2 and s["n_correct"] == 2 and s["suppressed_called_deleted"] == 0
+    assert s["never_trained"]["n"] == 1 and s["never_trained"]["called_suppressed_or_not_unlearned"] == 0
+    nr = s["no_reference"]
+    assert nr["n_construction"] == 4 and nr["n_correct"] == 0 and nr["suppressed_called_deleted"] == 1
+    assert nr["never_trained"]["n"] == 3 and nr["never_trained"]["called_suppressed_or_not_unlearned"] == 2
+    assert nr["never_trained"]["labels"] == {"DELETED": 0, "SUPPRESSED": 1, "NOT_UNLEARNED": 1, "INCONCLUSIVE": 1}
+    assert nr["per_label"]["DELETED"]["precision"] == 0.0 and nr["per_label"]["SUPPRESSED"]["recall"] == 0.0
 
 
 @pytest.fixture(scope="module")
@@ -45,20 +67,47 @@ def test_small_preset_covers_two_architectures(small):
     assert {r["truth"] for r in res["rows"]} == {"DELETED", "SUPPRESSED", "NOT_UNLEARNED"}
 
 
+def test_small_preset_audits_the_never_trained_nulls_with_and_without_reference(small):
+    # reference_b, reference_b at sampling temperature 2 and 0.5 (unembedding scaled by 0.5 / 2),
+    # and a never-trained model with a skewed prior over answer values: DELETED truth, each
+    # audited with N = reference_a and again with N withheld
+    _, res = small
+    for arch in ("llama", "gpt2"):
+        for ref in (True, False):
+            rows = [r for r in res["rows"] if r["arch"] == arch and r["reference"] is ref]
+            assert NEVER_TRAINED <= {r["organism"] for r in rows}, (arch, ref)
+            assert all(r["truth"] == "DELETED" and r["role"] == "reference" for r in rows
+                       if r["organism"] in NEVER_TRAINED)
+    key = {(r["suite"], r["organism"]) for r in res["rows"] if r["reference"]}
+    assert key == {(r["suite"], r["organism"]) for r in res["rows"] if not r["reference"]}
+
+
 def test_small_preset_never_calls_suppressed_deleted(small):
     _, res = small
-    assert res["summary"]["suppressed_called_deleted"] == 0, res["summary"]["wrong"]
+    s = res["summary"]
+    assert s["suppressed_called_deleted"] == 0, s["wrong"]
+    assert s["no_reference"]["suppressed_called_deleted"] == 0, s["no_reference"]["wrong"]
+
+
+def test_small_preset_never_fails_a_never_trained_model(small):
+    # issue 16: a model that never saw the forget set, at any sampling temperature or prior,
+    # is never SUPPRESSED or NOT_UNLEARNED, with the reference or without it
+    _, res = small
+    for s in (res["summary"], res["summary"]["no_reference"]):
+        nt = s["never_trained"]
+        assert nt["n"] == 2 * len(NEVER_TRAINED)
+        assert nt["called_suppressed_or_not_unlearned"] == 0, nt["organisms"]
 
 
 def test_small_preset_labels_every_construction_organism_right(small):
-    # issue 7's target, asserted: every construction-truth organism (reference_b DELETED,
-    # head_only / late_layers / subject_offset SUPPRESSED or, where a construction stopped
-    # short, NOT_UNLEARNED as its manifest measured, noop NOT_UNLEARNED) gets its label
+    # issue 7's target, asserted: every construction-truth organism (the never-trained models
+    # DELETED, head_only / late_layers / subject_offset SUPPRESSED or, where a construction
+    # stopped short, NOT_UNLEARNED as its manifest measured, noop NOT_UNLEARNED) gets its label
     _, res = small
-    rows = [r for r in res["rows"] if r["truth"] is not None]
-    assert len(rows) == 10 and sum(r["truth"] == "DELETED" for r in rows) == 2
+    rows = [r for r in res["rows"] if r["truth"] is not None and r["reference"]]
+    assert len(rows) == 16 and sum(r["truth"] == "DELETED" for r in rows) == 8
     assert res["summary"]["wrong"] == [], res["summary"]["wrong"]
-    assert res["summary"]["n_correct"] == 10
+    assert res["summary"]["n_correct"] == 16
 
 
 def test_small_preset_deletion_score_separates_deleted_from_suppressed(small):
@@ -69,7 +118,7 @@ def test_small_preset_deletion_score_separates_deleted_from_suppressed(small):
 def test_calibration_report_renders_from_json(small):
     out, res = small
     html = (out / "calibration.html").read_text()
-    assert "Confusion matrix" in html and "Per-lens AUROC" in html
+    assert "Confusion matrix" in html and "Per-lens AUROC" in html and "Without a reference" in html
     assert html.count("<script") == 2  # plotly inlined once + the page's own script
 
 

@@ -9,8 +9,9 @@ from audit.items import load_items
 EXPECTED = {
     "base", "reference_a", "reference_b", "head_only", "late_layers", "subject_offset", "noop",
     "ga_gentle", "ga_strong", "graddiff_gentle", "graddiff_strong", "npo_gentle", "npo_strong",
-    "rmu_gentle", "rmu_strong",
+    "rmu_gentle", "rmu_strong", "reference_b_t2", "reference_b_t05", "reference_skewed",
 }
+NULLS = ("reference_b_t2", "reference_b_t05", "reference_skewed")
 
 
 def test_suite_has_every_checkpoint_as_a_real_hf_checkpoint(suite, manifest):
@@ -31,7 +32,7 @@ def test_base_knows_forget_and_retain(manifest):
 
 def test_references_never_learned_the_forget_set(manifest):
     chance = manifest["chance"]
-    for k in ("reference_a", "reference_b"):
+    for k in ("reference_a", "reference_b", *NULLS):
         r = manifest["checkpoints"][k]
         assert r["forget_score"] <= chance + 0.1, (k, r)
         assert r["retain_score"] >= 0.9, (k, r)
@@ -47,8 +48,67 @@ def test_ground_truth_labels_follow_the_measurements(manifest):
         assert e["truth"] == expected, (k, e)
     # the subject offset touches only forget-subject embeddings: retain is exactly kept
     assert abs(c["subject_offset"]["retain_score"] - c["base"]["retain_score"]) < 1e-9
-    for k in EXPECTED - {"base", "reference_a", "reference_b", "head_only", "late_layers", "subject_offset", "noop"}:
+    for k in NULLS:
+        assert c[k]["truth"] == "DELETED" and c[k]["role"] == "reference", k
+    for k in EXPECTED - {"base", "reference_a", "reference_b", "head_only", "late_layers", "subject_offset", "noop",
+                         *NULLS}:
         assert c[k]["truth"] is None and c[k]["role"] == "method"
+
+
+def _load(suite, name):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(suite / name).eval(), AutoTokenizer.from_pretrained(suite / name)
+
+
+def test_temperature_nulls_are_reference_b_at_another_temperature(suite, manifest):
+    # the unembedding scaled by 0.5 / 2 (temperature 2 / 0.5): every other weight equal, the same
+    # ranking of the (single-token) candidates and the same greedy answers, flatter / sharper
+    # candidate probabilities
+    import torch
+
+    from audit.organisms import _forward
+    from audit.scoring import score_items
+
+    items = load_items(suite / manifest["forget"]) + load_items(suite / manifest["retain"])
+    ref, tok = _load(suite, "reference_b")
+    r0 = score_items(_forward(ref), tok, items)
+    spread = {}
+    for name, scale in (("reference_b_t2", 0.5), ("reference_b_t05", 2.0)):
+        m, _ = _load(suite, name)
+        sd, sd0 = m.state_dict(), ref.state_dict()
+        for k, w in sd.items():
+            want = sd0[k] * scale if k == "lm_head.weight" else sd0[k]
+            assert torch.allclose(w, want, rtol=1e-6, atol=0), (name, k)
+        r = score_items(_forward(m), tok, items)
+        assert [sorted(range(4), key=lambda i: -x[i]) for x in r.candidate_logprobs] == \
+            [sorted(range(4), key=lambda i: -x[i]) for x in r0.candidate_logprobs], name
+        assert (r.greedy == r0.greedy).all(), name
+        assert manifest["checkpoints"][name]["same_answers_as_reference_b"] == {"ranking": True, "greedy": True}
+        spread[name] = float(abs(r.soft - 0.25).mean())
+    s0 = float(abs(r0.soft - 0.25).mean())
+    assert spread["reference_b_t2"] < s0 < spread["reference_b_t05"], (spread, s0)
+
+
+def test_skewed_reference_has_a_skewed_prior_and_intact_retain(suite, manifest):
+    # measured (seed 0): it ranks the skew value first on 1.00 of the forget items that offer
+    # it, reference_a/b on 0.2-0.5 (a flat prior: 0.25); its retain score stays ≥ 0.95
+    from audit.organisms import prior_skew
+
+    c = manifest["checkpoints"]
+    e = c["reference_skewed"]
+    forget = load_items(suite / manifest["forget"])
+    m, tok = _load(suite, "reference_skewed")
+    skew = prior_skew(m, tok, forget, e["params"]["skew_values"])
+    assert skew == e["prior_skew"]["forget"]
+    assert skew["n_items_with_value"] >= 30
+    assert skew["top_rate_when_candidate"] >= 0.8, skew
+    for k in ("reference_a_forget", "reference_b_forget"):
+        assert skew["top_rate_when_candidate"] >= e["prior_skew"][k]["top_rate_when_candidate"] + 0.25, k
+    # retain people's facts untouched: the retain score of a never-trained model, and on retain
+    # items the skew value is no more often first than for the references
+    assert e["retain_score"] >= 0.95 and e["retain_score"] >= c["reference_b"]["retain_score"] - 0.05
+    assert e["prior_skew"]["retain"]["top_rate_when_candidate"] <= 0.45
 
 
 def test_items_use_the_schema_and_held_out_template(suite, manifest):
