@@ -311,10 +311,11 @@ def _check_lens_options(cfg: AuditConfig) -> list[str]:
 
 def _same_file(a: Path, b: Path) -> bool:
     try:
-        if a.resolve() == b.resolve():
-            return True
+        # a folder is a dataset with splits: forget and retain may name it both (each takes its own split)
         if not (a.is_file() and b.is_file()):
             return False
+        if a.resolve() == b.resolve():
+            return True
         if a.stat().st_size != b.stat().st_size or a.stat().st_size > (256 << 20):
             return a.samefile(b)
         return a.read_bytes() == b.read_bytes()
