@@ -423,8 +423,9 @@ def calibrate_cmd(
         help="Torch threads per job (default: CPU cores / jobs when jobs > 1).")] = None,
     no_reference: Annotated[Optional[bool], typer.Option(
         "--no-reference-table/--skip-no-reference-table",
-        help="Also audit every organism with the reference withheld, in a second table "
-             "(default: the preset's setting, on in every preset).")] = None,
+        help="Also audit the organisms with the reference withheld, in a second table (default: "
+             "the preset's setting, on in every preset; the small preset only its DELETED- and SUPPRESSED-truth "
+             "organisms).")] = None,
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()

@@ -112,7 +112,9 @@ def render_calibration(result: dict[str, Any]) -> str:
     if s.get("no_reference"):
         _confusion(page, s["no_reference"], "Without a reference (N withheld)", "no-reference",
                    "<p>The same organisms audited again with the never-trained reference withheld: every end "
-                   "point is then estimated from base and unlearned model alone.</p>")
+                   "point is then estimated from base and unlearned model alone, and the verdict rule gives no "
+                   "DELETED without a reference (docs/verdict.md). Here the never-trained models must not be "
+                   "SUPPRESSED or NOT_UNLEARNED, and no SUPPRESSED-truth organism DELETED.</p>")
     _scores(page, [r for r in result["rows"] if r["truth"] is not None and r.get("reference", True) is not False])
     _per_lens(page, s)
     _methods(page, result.get("methods", []), result.get("methods_no_reference", []))
@@ -121,8 +123,10 @@ def render_calibration(result: dict[str, Any]) -> str:
     page.section("Runs", "<table><tr><th>suite</th><th>build s</th><th>audit s</th><th>audit s without N</th></tr>"
                  f"{runs}</table>"
                  f"<pre>{e(json.dumps(result['config'], indent=1))}</pre>", "runs")
+    n_nr = sum(r.get("reference", True) is False for r in result["rows"])
     return page.html(f"Calibration: preset {result['preset']}",
-                     f"{len(result['rows'])} organisms · {result['created']} · {result['total_s']} s")
+                     f"{len(result['rows']) - n_nr} organisms" + (f" ({n_nr} also without a reference)" if n_nr else "")
+                     + f" · {result['created']} · {result['total_s']} s")
 
 
 def render_calibration_file(json_path: str | Path, html_path: str | Path) -> Path:

@@ -64,16 +64,24 @@ def _load(suite, name):
 def test_temperature_nulls_are_reference_b_at_another_temperature(suite, manifest):
     # the unembedding scaled by 0.5 / 2 (temperature 2 / 0.5): every other weight equal, the same
     # ranking of the (single-token) candidates and the same greedy answers, flatter / sharper
-    # candidate probabilities
+    # candidate probabilities (softmax entropy rises with temperature)
+    import numpy as np
     import torch
 
     from audit.organisms import _forward
     from audit.scoring import score_items
 
     items = load_items(suite / manifest["forget"]) + load_items(suite / manifest["retain"])
+
+    def entropy(r):
+        z = np.asarray(r.candidate_logprobs, dtype=float)
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        return float(-(p * np.log(p)).sum(1).mean())
+
     ref, tok = _load(suite, "reference_b")
     r0 = score_items(_forward(ref), tok, items)
-    spread = {}
+    ent = {}
     for name, scale in (("reference_b_t2", 0.5), ("reference_b_t05", 2.0)):
         m, _ = _load(suite, name)
         sd, sd0 = m.state_dict(), ref.state_dict()
@@ -85,9 +93,8 @@ def test_temperature_nulls_are_reference_b_at_another_temperature(suite, manifes
             [sorted(range(4), key=lambda i: -x[i]) for x in r0.candidate_logprobs], name
         assert (r.greedy == r0.greedy).all(), name
         assert manifest["checkpoints"][name]["same_answers_as_reference_b"] == {"ranking": True, "greedy": True}
-        spread[name] = float(abs(r.soft - 0.25).mean())
-    s0 = float(abs(r0.soft - 0.25).mean())
-    assert spread["reference_b_t2"] < s0 < spread["reference_b_t05"], (spread, s0)
+        ent[name] = entropy(r)
+    assert ent["reference_b_t2"] > entropy(r0) > ent["reference_b_t05"], (ent, entropy(r0))
 
 
 def test_skewed_reference_has_a_skewed_prior_and_intact_retain(suite, manifest):
@@ -106,9 +113,12 @@ def test_skewed_reference_has_a_skewed_prior_and_intact_retain(suite, manifest):
     for k in ("reference_a_forget", "reference_b_forget"):
         assert skew["top_rate_when_candidate"] >= e["prior_skew"][k]["top_rate_when_candidate"] + 0.25, k
     # retain people's facts untouched: the retain score of a never-trained model, and on retain
-    # items the skew value is no more often first than for the references
+    # items the skew value comes first about as often as it is the true answer (not the prior)
     assert e["retain_score"] >= 0.95 and e["retain_score"] >= c["reference_b"]["retain_score"] - 0.05
-    assert e["prior_skew"]["retain"]["top_rate_when_candidate"] <= 0.45
+    values = e["params"]["skew_values"]
+    offering = [it for it in load_items(suite / manifest["retain"]) if values[it.attribute] in (it.answer, *it.distractors)]
+    truth_rate = sum(it.answer == values[it.attribute] for it in offering) / len(offering)
+    assert abs(e["prior_skew"]["retain"]["top_rate_when_candidate"] - truth_rate) <= 0.1, (e["prior_skew"], truth_rate)
 
 
 def test_items_use_the_schema_and_held_out_template(suite, manifest):
