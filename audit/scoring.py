@@ -29,17 +29,31 @@ def encode_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def encode_continuation(tokenizer, prompt: str, answer: str, prompt_ids: list[int]) -> list[int]:
-    """Token ids that extend ``prompt`` by ``answer`` (a space between them).
+    """Token ids that extend ``prompt`` by ``answer`` (one space between them, whether or
+    not ``answer`` is written with its leading space).
 
     Tokenizes the joined text and keeps the suffix after the prompt's ids when the
     prompt's tokens are a prefix (so BPE merges across the boundary are respected);
     otherwise falls back to tokenizing the answer alone.
     """
-    sep = "" if prompt.endswith((" ", "\n")) else " "
+    if prompt.endswith((" ", "\n")):
+        answer = answer.lstrip(" ")
+    sep = "" if prompt.endswith((" ", "\n")) or answer.startswith((" ", "\n")) else " "
     full = list(tokenizer(prompt + sep + answer)["input_ids"])
     if full[: len(prompt_ids)] == prompt_ids and len(full) > len(prompt_ids):
         return full[len(prompt_ids) :]
     return list(tokenizer(sep + answer, add_special_tokens=False)["input_ids"])
+
+
+def candidate_token_ids(tokenizer, item: KnowledgeItem) -> list[list[int]]:
+    """Each candidate's token ids (index 0 = answer) exactly as scoring reads them.
+
+    The one candidate encoding every lens uses: the continuation of the item's prompt
+    (:func:`encode_continuation`), so an answer written with or without a leading space
+    gives the same tokens, and no lens reads a whitespace token every candidate shares.
+    """
+    p = encode_prompt(tokenizer, item.prompt)
+    return [encode_continuation(tokenizer, item.prompt, c, p) for c in item.candidates]
 
 
 @dataclass
