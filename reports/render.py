@@ -93,27 +93,80 @@ def _verdicts(page: Page, log: AuditLog) -> None:
     page.section("Verdict", "<div class='cards'>" + "".join(cards) + "</div>" + util + gate, "verdict")
 
 
+# readings that are not informative may stretch the axis this far and no further
+_UNINFORMATIVE_SPAN = (-1.0, 2.0)
+
+
+def recovery_axis(rows: list[tuple[float, float, float, bool]], marks: list[float]) -> tuple[float, float]:
+    """The recovery chart's x range: it fits every informative reading (value and CI), the
+    marked thresholds and 0..1; an uninformative reading widens it only within
+    ``_UNINFORMATIVE_SPAN`` (its CI never), so one unpowered reading with a CI of −6.5 to
+    4.5 cannot squeeze every other bar. ``rows``: (value, ci_low, ci_high, informative)."""
+    pts = [0.0, 1.0, *marks]
+    for v, lo, hi, informative in rows:
+        if informative:
+            pts += [x for x in (v, lo, hi) if math.isfinite(x)]
+        else:
+            pts.append(min(max(v, _UNINFORMATIVE_SPAN[0]), _UNINFORMATIVE_SPAN[1]))
+    a, b = min(pts), max(pts)
+    pad = 0.06 * (b - a)
+    return a - pad, b + pad
+
+
 def _recovery_chart(page: Page, log: AuditLog) -> None:
-    names, vals, lo, hi, colors = [], [], [], [], []
+    rows, names, colors = [], [], []
     for lens, res in log.lenses.items():
         for r in res.recoveries:
             if not math.isfinite(r.value):
                 continue
             names.append(f"{lens} · {r.reading}")
-            vals.append(r.value)
-            lo.append(r.value - r.ci_low if math.isfinite(r.ci_low) else 0)
-            hi.append(r.ci_high - r.value if math.isfinite(r.ci_high) else 0)
+            rows.append((r.value, r.ci_low, r.ci_high, r.informative))
             colors.append("#1f77b4" if r.informative else "#c7c7c7")
     if not names:
         return
-    fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors,
-                           error_x={"type": "data", "array": hi, "arrayminus": lo}))
     th = log.policy.get("thresholds", {}) or {}
-    for x, label in ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior gate")):
+    lines = ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior gate"))
+    x0, x1 = recovery_axis(rows, [x for x, _ in lines])
+
+    def clip(x: float) -> float:
+        return min(max(x, x0), x1)
+
+    vals, lo, hi, hover, clipped = [], [], [], [], []
+    for name, (v, cl, ch, _) in zip(names, rows, strict=True):
+        vc = clip(v)
+        lo_c = clip(cl) if math.isfinite(cl) else vc
+        hi_c = clip(ch) if math.isfinite(ch) else vc
+        vals.append(vc)
+        lo.append(max(vc - lo_c, 0.0))
+        hi.append(max(hi_c - vc, 0.0))
+        hover.append(f"R {_num(v)} (CI {_num(cl)} to {_num(ch)})")
+        out = [x for x in (v, cl, ch) if math.isfinite(x) and not x0 <= x <= x1]
+        if out:  # drawn at the edge, with a marker that gives the real numbers
+            left = any(x < x0 for x in out)
+            right = any(x > x1 for x in out)
+            for side, edge in (("left", x0), ("right", x1)):
+                if (left and side == "left") or (right and side == "right"):
+                    clipped.append((edge, name, side, f"R {_num(v)}, CI {_num(cl)} to {_num(ch)} (off the axis)"))
+    fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors, name="recovery",
+                           error_x={"type": "data", "array": hi, "arrayminus": lo}, hovertext=hover,
+                           hoverinfo="text+y", showlegend=False))
+    if clipped:
+        fig.add_trace(go.Scatter(
+            x=[c[0] for c in clipped], y=[c[1] for c in clipped], mode="markers+text", name="clipped at the edge",
+            marker={"symbol": ["triangle-left" if c[2] == "left" else "triangle-right" for c in clipped],
+                    "size": 13, "color": "#444"},
+            text=[c[3] for c in clipped], hovertext=[c[3] for c in clipped], hoverinfo="text",
+            textposition=["middle right" if c[2] == "left" else "middle left" for c in clipped],
+            textfont={"size": 11}, showlegend=False, meta={"clipped": True},
+        ))
+    for x, label in lines:
         fig.add_vline(x=x, line_dash="dot", annotation_text=label, annotation_position="top")
-    fig.update_layout(title="Recovery by lens (grey: uninformative)", xaxis_title="recovery R",
+    fig.update_layout(title="Recovery by lens (grey: uninformative; ◀ ▶: off the axis, real value beside)",
+                      xaxis_title="recovery R", xaxis={"range": [x0, x1], "autorange": False},
                       height=200 + 32 * len(names), margin={"l": 260, "t": 80, "b": 60})
-    page.section("Recovery", page.figure(fig, "R = (S(U) − S(N)) / (S(B) − S(N)), bootstrap 95% CI."), "recovery")
+    page.section("Recovery", page.figure(fig, "R = (S(U) − S(N)) / (S(B) − S(N)), bootstrap 95% CI. The axis fits "
+                                         "the informative readings; a reading or CI beyond it is drawn to the edge "
+                                         "and marked with its real value."), "recovery")
 
 
 def _behavior(page: Page, res: LensResult) -> None:

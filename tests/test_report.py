@@ -180,3 +180,55 @@ def test_element_ids_are_unique(page):
     _, scan = page
     ids = [a["id"] for _, a in scan.tags if a.get("id")]
     assert len(ids) == len(set(ids)), sorted({i for i in ids if ids.count(i) > 1})
+
+
+def _recovery_figure(recoveries: list[dict]) -> dict:
+    """The recovery chart's plotly JSON for a hand-made log (no models, no audit)."""
+    from audit.schema import AuditLog, LensResult, Recovery
+    from reports.render import Page, _recovery_chart
+
+    lenses: dict[str, LensResult] = {}
+    for r in recoveries:
+        lens = r.pop("lens")
+        rec = Recovery(score_base=0.9, score_unlearned=0.5, score_reference=0.25, n_items=40, **r)
+        lenses.setdefault(lens, LensResult(name=lens)).recoveries.append(rec)
+    page = Page()
+    _recovery_chart(page, AuditLog(created="now", config={}, models={}, items={}, lenses=lenses,
+                                   policy={"thresholds": {"tau_d": 0.15, "tau_s": 0.3}}))
+    assert len(page.figures) == 1
+    return json.loads(page.figures[0][1])
+
+
+def test_recovery_axis_fits_informative_readings_and_marks_the_clipped_one():
+    # the SmolLM2 case: one unpowered int3 reading with CI -6.5 to 4.5 among ordinary ones
+    fig = _recovery_figure([
+        {"lens": "behavior", "reading": "ranking", "value": 0.42, "ci_low": 0.3, "ci_high": 0.55, "informative": True},
+        {"lens": "steering", "reading": "L3", "value": 0.8, "ci_low": 0.6, "ci_high": 1.1, "informative": True},
+        {"lens": "quantization", "reading": "int3", "value": -1.0, "ci_low": -6.5, "ci_high": 4.5,
+         "informative": False},
+    ])
+    x0, x1 = fig["layout"]["xaxis"]["range"]
+    assert x0 > -1.5 and x1 < 1.5, (x0, x1)  # the extreme CI does not set the axis
+    assert x0 < 0 and x1 > 1.1  # every informative value and CI, and 0..1, are inside
+    bars = fig["data"][0]
+    i = bars["y"].index("quantization · int3")
+    assert x0 <= bars["x"][i] and bars["x"][i] - bars["error_x"]["arrayminus"][i] >= x0 - 1e-9
+    assert bars["x"][i] + bars["error_x"]["array"][i] <= x1 + 1e-9
+    assert "-6.50" in bars["hovertext"][i] and "4.50" in bars["hovertext"][i]
+    marks = [t for t in fig["data"][1:] if t.get("meta", {}).get("clipped")]
+    assert len(marks) == 1
+    m = marks[0]
+    assert set(m["y"]) == {"quantization · int3"}  # only the clipped reading is marked ...
+    assert sorted(m["x"]) == pytest.approx([x0, x1])  # ... at both edges its CI crosses
+    assert all("-6.50" in t and "4.50" in t for t in m["text"])  # with its real numbers
+
+
+def test_recovery_axis_follows_an_informative_reading_far_out():
+    # an informative reading is never clipped: the axis stretches to it
+    fig = _recovery_figure([
+        {"lens": "behavior", "reading": "ranking", "value": 0.1, "ci_low": 0.0, "ci_high": 0.2, "informative": True},
+        {"lens": "sae", "reading": "restoration", "value": 2.4, "ci_low": 1.9, "ci_high": 3.0, "informative": True},
+    ])
+    x0, x1 = fig["layout"]["xaxis"]["range"]
+    assert x1 >= 3.0 and x0 <= 0.0
+    assert not [t for t in fig["data"][1:] if t.get("meta", {}).get("clipped")]
