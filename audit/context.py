@@ -137,6 +137,10 @@ class AuditContext:
             min_power=self.config.min_power, n_boot=n_boot, seed=self.seed, n_compared=n_compared,
             clusters=cl if rows is None else cl[rows],
         )
+        est = np.asarray(null, dtype=float) if null is not None else self.null(item_set)
+        if null is None and rows is not None:
+            est = est[rows]
+        rec.score_null = float(np.nanmean(est)) if est.size else None
         if not self.reference_roles:
             rec.end_point = null_name
         return rec

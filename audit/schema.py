@@ -52,6 +52,9 @@ class Recovery(BaseModel):
     """R minus the control threshold (SPEC §4.2), when the lens has controls."""
     side_effect_ok: bool | None = None
     """Whether retain items stayed within tolerance, for interventions."""
+    score_null: float | None = None
+    """S of the lens's knowledge-free estimate (the end point used without a reference),
+    recorded with a reference too, so the estimate can be checked against a real N."""
     n_references: int = 1
     """Never-trained models whose mean is the end point (their spread is in the CI)."""
     end_point: str = "reference"
