@@ -1,57 +1,211 @@
 """Logit lens: each layer's residual read through the model's own final norm and unembedding.
 
-Patil et al.'s "head projection": if an intermediate layer still ranks the true answer's
-first token above the distractors' while the output does not, the knowledge is present
-and blocked later. Reads the cached last-prompt-token activations; no extra forward.
+Patil et al.'s "head projection": if an intermediate layer still ranks the true answer
+above the distractors while the output does not, the knowledge is present and blocked
+later. Candidates are the tokens scoring reads (:func:`audit.scoring.candidate_token_ids`),
+and a multi-token candidate is read teacher-forced: each layer's residual at every
+position that predicts one of its tokens goes through the final norm and unembedding,
+and the candidate's layer-l log-prob is the sum over its tokens. At the last layer this
+is the model's own output, so the last layer reproduces the behavior score.
+
+Every candidate's first token is read from the cached last-prompt-token activations
+(shared with the other lenses), so a closed set of one-token answers needs no extra
+forward. A longer candidate's later tokens come from one batched forward of
+``prompt + candidate[:-1]`` per model, with every layer's residual hooked in the same pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
+from audit.activations import resid_hooks
+from audit.batching import run_batched
 from audit.context import AuditContext
+from audit.errors import LensError
+from audit.models import LoadedModel
+from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
+from audit.scoring import candidate_token_ids, check_finite, encode_prompt, pad_batch, pad_id_of
 
 
 class LogitLensConfig(LensConfig):
     top_k: int = 4
-    """k of gold-in-top-k over the whole vocabulary."""
+    """k of gold-in-top-k over the whole vocabulary (on the answer's first token)."""
     metric: str = "soft"
-    """Per-item score behind recovery: ``soft`` (answer's share among the candidates'
-    first-token probabilities) or ``accuracy`` (answer's first token ranked first)."""
+    """Per-item score behind recovery: ``soft`` (answer's share of probability among the
+    candidates, each scored by its summed token log-prob through the layer) or
+    ``accuracy`` (answer ranked above every distractor)."""
 
 
-def _first_tokens(tokenizer, cands: list[str]) -> list[int]:
-    return [int(tokenizer(" " + c, add_special_tokens=False)["input_ids"][0]) for c in cands]
+@dataclass
+class _Plan:
+    """What to read. Every candidate's first token is read at the prompt's last token, from
+    the cached prompt activations; a longer candidate's later tokens from a forward of
+    ``prompt + candidate[:-1]``, at the positions that predict them."""
+
+    cands: list[list[list[int]]]  # item -> candidate (0 = answer) -> token ids
+    seqs: list[list[int]] = field(default_factory=list)
+    seq_reads: list[tuple[int, int, int]] = field(default_factory=list)  # per sequence: (item, candidate, prompt len)
+
+    @property
+    def n_multi(self) -> int:
+        """Items with a multi-token candidate."""
+        return len({i for i, _, _ in self.seq_reads})
+
+
+def _plan(tokenizer, items) -> _Plan:
+    plan = _Plan([candidate_token_ids(tokenizer, it) for it in items])
+    for i, (it, cands) in enumerate(zip(items, plan.cands, strict=True)):
+        if any(not c for c in cands):
+            raise LensError(f"item '{it.id}': a candidate answer tokenizes to nothing")
+        if all(len(c) == 1 for c in cands):
+            continue
+        p = encode_prompt(tokenizer, it.prompt)
+        for j, c in enumerate(cands):
+            if len(c) > 1:
+                plan.seqs.append(p + c[:-1])
+                plan.seq_reads.append((i, j, len(p)))
+    return plan
+
+
+def _unembed_rows(model: LoadedModel) -> int:
+    """Rows per unembedding call, so one call's fp32 logits stay under ~128 MB."""
+    return max(1, (1 << 25) // max(1, int(model.bridge.cfg.d_vocab)))
 
 
 @torch.no_grad()
-def _read(model, acts, cand_ids: torch.Tensor, top_k: int) -> dict[str, np.ndarray]:
-    """Per layer × item: accuracy, soft share and gold-in-top-k of the answer's first token."""
-    out = {"accuracy": [], "soft": [], "topk": []}
-    for hook in acts.hooks:
-        h = acts.last[hook].to(model.device)
-        logits = model.bridge.unembed(model.bridge.ln_final(h)).float().cpu()
-        cl = logits.gather(1, cand_ids)
-        out["accuracy"].append((cl[:, 0] > cl[:, 1:].max(1).values).float().numpy())
-        out["soft"].append(torch.softmax(cl, 1)[:, 0].numpy())
-        kth = logits.topk(top_k, dim=1).values[:, -1]
-        out["topk"].append((cl[:, 0] >= kth).float().numpy())
-    return {k: np.stack(v) for k, v in out.items()}
+def _logprobs(
+    model: LoadedModel, h: Float[Tensor, "pos d_model"], rows: Tensor, toks: Tensor, first: Tensor, first_tok: Tensor,
+    top_k: int,
+) -> tuple[Tensor, Tensor]:
+    """Log-probs of ``toks`` at positions ``rows`` of ``h`` through the final norm and
+    unembedding, and whether ``first_tok`` is in the top-k at positions ``first`` (on the CPU)."""
+    dtype = next(model.hf.parameters()).dtype
+    out = torch.empty(len(rows))
+    hit = torch.zeros(len(first), dtype=torch.bool)
+    step = _unembed_rows(model)
+    for a in range(0, len(h), step):
+        x = h[a : a + step].to(model.device, dtype=dtype)
+        # fp16/bf16 weights: the softmax runs in fp32, as in scoring
+        logp = torch.log_softmax(model.bridge.unembed(model.bridge.ln_final(x)).float(), dim=-1)
+        sel = ((rows >= a) & (rows < a + len(x))).nonzero()[:, 0]
+        out[sel] = logp[(rows[sel] - a).to(logp.device), toks[sel].to(logp.device)].cpu()
+        fsel = ((first >= a) & (first < a + len(x))).nonzero()[:, 0]
+        if len(fsel):
+            fl = logp[(first[fsel] - a).to(logp.device)]
+            kth = fl.topk(min(top_k, fl.shape[-1]), dim=-1).values[:, -1]
+            hit[fsel] = (fl.gather(1, first_tok[fsel, None].to(logp.device))[:, 0] >= kth).cpu()
+    return out, hit
+
+
+@torch.no_grad()
+def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None = None) -> dict[str, np.ndarray]:
+    """Every layer's reading of one model on the forget items.
+
+    Returns:
+        ``logprobs`` (layer x item x candidate, 0 = answer; ``-inf`` past an item's last
+        candidate): each candidate's summed token log-prob through the layer, teacher-forced;
+        ``soft`` (layer x item): the answer's share of probability among the candidates;
+        ``accuracy`` (layer x item): 1 where the answer outranks every distractor;
+        ``topk`` (layer x item): 1 where the answer's first token is in the layer's top-k.
+        At the last layer ``logprobs`` are scoring's candidate log-probs.
+    """
+    model = ctx.models[role]
+    items = ctx.items["forget"]
+    plan = plan if plan is not None else _plan(model.tokenizer, items)
+    L, n, width = model.n_layers, len(plan.cands), max(len(c) for c in plan.cands)
+    lp = torch.zeros(L, n, width, dtype=torch.float32)
+    topk = torch.zeros(L, n, dtype=torch.bool)
+
+    def add(h_layers: Sequence[Tensor], reads: list[tuple[int, int, int, int]], firsts: list[tuple[int, int, int]]):
+        """Accumulate reads ``(row of h, item, candidate, token)`` and top-k checks ``(row, item, token)``."""
+        rows = torch.tensor([r[0] for r in reads], dtype=torch.long)
+        toks = torch.tensor([r[3] for r in reads], dtype=torch.long)
+        it = torch.tensor([r[1] for r in reads], dtype=torch.long)
+        cd = torch.tensor([r[2] for r in reads], dtype=torch.long)
+        frow = torch.tensor([f[0] for f in firsts], dtype=torch.long)
+        fitem = torch.tensor([f[1] for f in firsts], dtype=torch.long)
+        ftok = torch.tensor([f[2] for f in firsts], dtype=torch.long)
+        # every layer in one pass: few large unembedding calls instead of one small call per layer
+        n_pos, n_layers = len(h_layers[0]), len(h_layers)
+        shift = torch.arange(n_layers)[:, None] * n_pos
+        v, hit = _logprobs(model, torch.cat(list(h_layers)), (rows[None] + shift).flatten(), toks.repeat(n_layers),
+                           (frow[None] + shift).flatten(), ftok.repeat(n_layers), top_k)
+        return it, cd, fitem, v.view(n_layers, len(reads)), hit.view(n_layers, len(firsts))
+
+    parts = []
+    acts = ctx.activations(role, "forget")  # the prompt's last token predicts every candidate's first token
+    reads = [(i, i, j, c[0]) for i in range(n) for j, c in enumerate(plan.cands[i])]
+    firsts = [(i, i, plan.cands[i][0][0]) for i in range(n)]
+    parts.append(add([acts.last[hk] for hk in acts.hooks], reads, firsts))
+    if plan.seqs:
+        hooks = resid_hooks(L)
+        hookset = set(hooks)
+        order = sorted(range(len(plan.seqs)), key=lambda k: len(plan.seqs[k]))
+        who = f"{role} model ({model.path})"
+
+        def chunk(a: int, b: int):
+            ks = order[a:b]
+            ids, mask = pad_batch([plan.seqs[k] for k in ks], pad_id_of(model.tokenizer), model.device)
+            _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda nm: nm in hookset)
+            reads, firsts, pos = [], [], []
+            for row, k in enumerate(ks):
+                i, j, plen = plan.seq_reads[k]
+                for t, tok in enumerate(plan.cands[i][j][1:], start=1):  # the token before each one predicts it
+                    reads.append((len(pos), i, j, tok))
+                    pos.append((row, plen - 1 + t))
+            r_idx = torch.tensor([p[0] for p in pos], device=ids.device)
+            p_idx = torch.tensor([p[1] for p in pos], device=ids.device)
+            hs = []
+            for hk in hooks:
+                h = cache[hk]
+                if not bool(torch.isfinite(h).all()):
+                    check_finite(h, mask, [items[plan.seq_reads[k][0]].id for k in ks], who, f"activations at {hk}")
+                hs.append(h[r_idx, p_idx])
+            del cache
+            res = add(hs, reads, firsts)
+            bar.advance(b - a)
+            return res
+
+        with progress(f"logit lens {role}", total=len(order)) as bar:
+            parts += run_batched(chunk, len(order), ctx.config.batch_size, what=f"logit lens ({who})")
+    for it, cd, fitem, v, hit in parts:
+        for layer in range(L):
+            lp[layer].index_put_((it, cd), v[layer], accumulate=True)
+            topk[layer, fitem] = hit[layer]
+    if not bool(torch.isfinite(lp).all()):
+        bad = int((~torch.isfinite(lp)).any(-1).any(0).nonzero()[0])
+        raise LensError(f"{role} model ({model.path}): non-finite logit-lens log-probability on item '{items[bad].id}'")
+    for i, c in enumerate(plan.cands):  # items with fewer candidates than the widest
+        lp[:, i, len(c):] = -torch.inf
+    lp64 = lp.double()
+    soft = torch.softmax(lp64, dim=-1)[..., 0]
+    correct = lp64[..., 0] > lp64[..., 1:].amax(-1)
+    return {"accuracy": correct.float().numpy(), "soft": soft.numpy(), "topk": topk.float().numpy(),
+            "logprobs": lp64.numpy()}
 
 
 @register_lens("logit_lens", LogitLensConfig, "each layer's residual through the final norm and unembedding")
 def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
-    """Per-layer first-token knowledge score and gold-in-top-k on B, U, N."""
+    """Per-layer candidate log-probs (teacher-forced), knowledge score and gold-in-top-k on B, U, N."""
     forget = ctx.items["forget"]
-    tok = ctx.models["base"].tokenizer
-    cand_ids = torch.tensor([_first_tokens(tok, it.candidates) for it in forget])
+    plan = _plan(ctx.models["base"].tokenizer, forget)
     notes = []
-    if any(len(set(row.tolist())) < len(row) for row in cand_ids):
-        notes.append("some candidates share their first token; those items cannot be separated by this lens")
-    reads = {role: _read(ctx.models[role], ctx.activations(role, "forget"), cand_ids, cfg.top_k) for role in ctx.roles}
+    same = sum(len({tuple(c) for c in cands}) < len(cands) for cands in plan.cands)
+    if same:
+        notes.append(f"{same} item(s) have two candidates with the same tokens; this lens cannot separate them")
+    multi = plan.n_multi
+    if multi:
+        notes.append(f"{multi} of {len(forget)} items have multi-token candidates, read teacher-forced "
+                     "(each candidate's token log-probs summed per layer)")
+    reads = {role: read_layers(ctx, role, cfg.top_k, plan) for role in ctx.roles}
     L = ctx.n_layers
     chance = ctx.chance("forget")
     rows: list[Recovery] = []
@@ -71,6 +225,8 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
         "per_layer": {m: {r: reads[r][m].mean(1).round(4).tolist() for r in reads} for m in ("accuracy", "soft", "topk")},
         "layer_recoveries": [r.model_dump() for r in rows],
         "chance": float(chance.mean()), "top_k": cfg.top_k, "metric": cfg.metric,
+        "readout": "teacher-forced candidate log-prob (summed over its tokens), scoring's candidate tokens",
+        "n_multi_token_items": multi,
         "per_item": {"ids": [it.id for it in forget], "readings": {
             primary.reading: {r: reads[r][cfg.metric][p].round(4).tolist() for r in reads}}},
     }
