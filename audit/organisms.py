@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from audit import unlearning as ul
 from audit.items import write_items
 from audit.progress import log, progress
 from audit.scoring import score_items
-from audit.world import ATTRIBUTES, Person, World, WorldConfig, make_world
+from audit.world import ATTRIBUTES, Person, World, WorldConfig, is_open, make_world
 
 SUITE_VERSION = "2"
 
@@ -43,6 +43,8 @@ BEHAVIOR_RECOVERY = 0.5
 SKEW_FILLERS_PER_RETAIN = 0.25
 # reference_b with its unembedding scaled: name -> (scale, the sampling temperature it mimics)
 TEMPERATURE_NULLS = {"reference_b_t2": (0.5, 2.0), "reference_b_t05": (2.0, 0.5)}
+# the construction organisms of SPEC §6's table, in build order
+CONSTRUCTIONS = ("head_only", "late_layers", "subject_offset", "noop")
 
 
 class ModelShape(BaseModel):
@@ -75,7 +77,22 @@ class SuiteConfig(BaseModel):
     ``reference_b_t05`` (reference_b with its unembedding scaled by 0.5 and 2, so it samples
     as at temperature 2 and 0.5; same ranking and greedy answers) and ``reference_skewed``
     (retain-only training plus filler people who all share one value per attribute, so its
-    prior over answer values is skewed)."""
+    prior over answer values is skewed). ``reference_skewed`` needs a closed attribute; a
+    world with open attributes only builds the temperature nulls."""
+    constructions: list[str] | None = None
+    """Build only these construction organisms (names of ``CONSTRUCTIONS``: head_only,
+    late_layers, subject_offset, noop); ``None``: all of them. base, reference_a and
+    reference_b are always built; ``methods`` and ``nulls`` select the rest."""
+    head_only_steps: int = 3000
+    """Steps of the head-only distillation. In an open-answer world the forget answers are
+    words no retain fact uses, so the head unlearns them in far fewer steps."""
+
+    @field_validator("constructions")
+    @classmethod
+    def _known(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (unknown := [c for c in v if c not in CONSTRUCTIONS]):
+            raise ValueError(f"unknown construction(s) {unknown}; known: {list(CONSTRUCTIONS)}")
+        return v
 
     def key(self) -> str:
         d = self.model_dump()
@@ -83,6 +100,10 @@ class SuiteConfig(BaseModel):
             del d["shape"]["arch"]
         if not d["world"]["balanced"]:  # nor do suites built before the balanced option
             del d["world"]["balanced"]
+        if d["constructions"] is None:  # nor those built before the constructions option
+            del d["constructions"]
+        if d["head_only_steps"] == 3000:  # nor those built before head_only_steps
+            del d["head_only_steps"]
         blob = json.dumps({"v": SUITE_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -182,8 +203,11 @@ def measure(model, tok, forget, retain, *, soft: bool = False) -> dict[str, floa
 
 
 def skew_values(world: World) -> dict[str, str]:
-    """The value per attribute that reference_skewed's filler people all share (the first)."""
-    return {a: ATTRIBUTES[a]["values"][0] for a in world.config.attributes}
+    """The value per closed attribute that reference_skewed's filler people all share (the first).
+
+    Open attributes have no shared value to skew towards; they are left out.
+    """
+    return {a: ATTRIBUTES[a]["values"][0] for a in world.config.attributes if not is_open(a)}
 
 
 def filler_corpus(world: World, tok, n: int) -> list[list[int]]:
@@ -223,8 +247,10 @@ def prior_skew(model, tok, items, values: dict[str, str]) -> dict[str, Any]:
 
     ``top_rate_when_candidate``: over the items whose candidates include the value (as
     answer or distractor), the fraction where it is ranked first (a flat prior:
-    1 / #candidates). ``top_fraction``: over all items.
+    1 / #candidates). ``top_fraction``: over all items. Items of attributes without a value
+    in ``values`` (open attributes) are left out.
     """
+    items = [it for it in items if it.attribute in values]
     r = score_items(_forward(model), tok, items)
     n_with = hits = top_any = 0
     for it, lp in zip(items, r.candidate_logprobs, strict=True):
@@ -286,6 +312,8 @@ def _build_nulls(cfg: SuiteConfig, world: World, tok, refs, retain_only, forget_
                f"(samples as at temperature {temp})", {"unembedding_scale": scale, "temperature": temp}, t)
         entries[name]["same_answers_as_reference_b"] = _same_answers(m, ref_b, tok, both)
 
+    if not skew_values(world):  # open attributes only: no answer value to skew a prior towards
+        return
     t = time.perf_counter()
     seed = cfg.seed * 1000 + 3
     n = max(1, round(SKEW_FILLERS_PER_RETAIN * len(world.people_in("retain", "qa"))))
@@ -387,35 +415,40 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
     # head-only and late-layers: distil reference behaviour on forget data into the
     # output end of the network, leaving the trunk untouched
     L = cfg.shape.n_layers
-    t = time.perf_counter()
-    m = copy.deepcopy(base)
-    ul.distill_head(m, ref, forget_train, retain_train, steps=3000, lr=1e-2, seed=cfg.seed)
-    record("head_only", m, "suppressed_construction", None, "distil reference on forget, train lm_head only",
-           {"steps": 3000, "lr": 1e-2}, t)
-    construction_truth("head_only")
-    t = time.perf_counter()
-    m = copy.deepcopy(base)
-    late = [*ul.blocks_of(m)[L - 1].parameters(), *ul.final_norm_of(m).parameters(), m.lm_head.weight]
-    ul.distill_to_reference(m, ref, forget_train, retain_train, params=late, steps=300, lr=1e-3,
-                            seed=cfg.seed, desc="late-layers distil")
-    record("late_layers", m, "suppressed_construction", None,
-           "distil reference on forget, train last block + final norm + lm_head", {"steps": 300, "lr": 1e-3}, t)
-    construction_truth("late_layers")
+    wanted = set(CONSTRUCTIONS if cfg.constructions is None else cfg.constructions)
+    if "head_only" in wanted:
+        t = time.perf_counter()
+        m = copy.deepcopy(base)
+        ul.distill_head(m, ref, forget_train, retain_train, steps=cfg.head_only_steps, lr=1e-2, seed=cfg.seed)
+        record("head_only", m, "suppressed_construction", None, "distil reference on forget, train lm_head only",
+               {"steps": cfg.head_only_steps, "lr": 1e-2}, t)
+        construction_truth("head_only")
+    if "late_layers" in wanted:
+        t = time.perf_counter()
+        m = copy.deepcopy(base)
+        late = [*ul.blocks_of(m)[L - 1].parameters(), *ul.final_norm_of(m).parameters(), m.lm_head.weight]
+        ul.distill_to_reference(m, ref, forget_train, retain_train, params=late, steps=300, lr=1e-3,
+                                seed=cfg.seed, desc="late-layers distil")
+        record("late_layers", m, "suppressed_construction", None,
+               "distil reference on forget, train last block + final norm + lm_head", {"steps": 300, "lr": 1e-3}, t)
+        construction_truth("late_layers")
 
-    t = time.perf_counter()
-    m = copy.deepcopy(base)
-    subj_tokens = sorted({tok.convert_tokens_to_ids(w) for p in world.people_in("forget") for w in p.name.split()})
-    vec = ul.subject_offset(m, ref, forget_train, subj_tokens, steps=300, lr=0.05, seed=cfg.seed)
-    (out / "subject_offset_vector.json").write_text(json.dumps({"tokens": subj_tokens, "vector": vec.tolist()}))
-    record("subject_offset", m, "suppressed_construction", None, "shift forget-subject embeddings by one vector",
-           {"steps": 300, "lr": 0.05, "offset_norm": float(vec.norm())}, t)
-    construction_truth("subject_offset")
+    if "subject_offset" in wanted:
+        t = time.perf_counter()
+        m = copy.deepcopy(base)
+        subj_tokens = sorted({tok.convert_tokens_to_ids(w) for p in world.people_in("forget") for w in p.name.split()})
+        vec = ul.subject_offset(m, ref, forget_train, subj_tokens, steps=300, lr=0.05, seed=cfg.seed)
+        (out / "subject_offset_vector.json").write_text(json.dumps({"tokens": subj_tokens, "vector": vec.tolist()}))
+        record("subject_offset", m, "suppressed_construction", None, "shift forget-subject embeddings by one vector",
+               {"steps": 300, "lr": 0.05, "offset_norm": float(vec.norm())}, t)
+        construction_truth("subject_offset")
 
-    t = time.perf_counter()
-    m = copy.deepcopy(base)
-    train_lm(m, retain_train, TrainConfig(steps=60, lr=3e-4, batch_size=cfg.train.batch_size), cfg.seed, "no-op")
-    record("noop", m, "not_unlearned_construction", "NOT_UNLEARNED", "fine-tune on retain only",
-           {"steps": 60, "lr": 3e-4}, t)
+    if "noop" in wanted:
+        t = time.perf_counter()
+        m = copy.deepcopy(base)
+        train_lm(m, retain_train, TrainConfig(steps=60, lr=3e-4, batch_size=cfg.train.batch_size), cfg.seed, "no-op")
+        record("noop", m, "not_unlearned_construction", "NOT_UNLEARNED", "fine-tune on retain only",
+               {"steps": 60, "lr": 3e-4}, t)
 
     if cfg.methods:
         kw = {"seed": cfg.seed, "batch_size": cfg.train.batch_size}
@@ -446,3 +479,20 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
     tmp.write_text(json.dumps(manifest, indent=2))
     tmp.replace(mpath)
     return manifest
+
+
+def open_answer_suite(seed: int = 0) -> SuiteConfig:
+    """The small open-answer suite (issue 17): every answer is one person's own birth town.
+
+    A world whose only attribute is ``birth_town`` (40 forget, 40 qa, 40 retain people; every
+    item's answer distinct, its distractors other people's towns of the same group, as in
+    TOFU), a small model, and only base, reference_a / reference_b (never trained on the
+    forget people) and the head-only suppression. Built in about a minute on 2 CPU cores
+    (docs/calibration.md, "Open-answer organisms").
+    """
+    return SuiteConfig(
+        world=WorldConfig(n_people=120, n_forget=40, n_qa=40, attributes=["birth_town"]),
+        shape=ModelShape(d_model=64, n_layers=3, n_heads=4, d_mlp=256),
+        train=TrainConfig(steps=400),
+        seed=seed, methods=False, nulls=False, constructions=["head_only"], head_only_steps=1000,
+    )

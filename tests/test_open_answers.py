@@ -1,0 +1,122 @@
+"""Organisms with open answers (issue 17): every forget answer belongs to one person alone.
+
+The open-answer suite (:func:`audit.organisms.open_answer_suite`) is built once per session
+(about a minute on 2 CPU cores); ``AUDIT_TEST_OPEN_SUITE_DIR`` may point at a folder to keep
+it between runs while developing (it is reused only if its config key matches).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import datasets
+import pytest
+from typer.testing import CliRunner
+
+from audit.items import load_items
+from cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="session")
+def open_suite(tmp_path_factory) -> Path:
+    from audit.organisms import build_suite, open_answer_suite
+
+    d = os.environ.get("AUDIT_TEST_OPEN_SUITE_DIR")
+    path = Path(d) if d else tmp_path_factory.mktemp("open_suite")
+    build_suite(path, open_answer_suite(0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def open_manifest(open_suite) -> dict:
+    return json.loads((open_suite / "manifest.json").read_text())
+
+
+def test_open_world_gives_everyone_a_value_of_their_own():
+    from audit.world import WorldConfig, make_world
+
+    w = make_world(WorldConfig(n_people=60, n_forget=20, n_qa=20, attributes=["city", "birth_town"], seed=5))
+    towns = [p.facts["birth_town"] for p in w.people]
+    name_words = {x for p in w.people for x in p.name.split()}
+    assert len(set(towns)) == len(towns) and name_words.isdisjoint(towns)
+    assert set(towns) <= set(w.vocab)  # the tokenizer is built from the vocabulary
+    # the closed facts are drawn as in a world without the open attribute
+    closed = make_world(WorldConfig(n_people=60, n_forget=20, n_qa=20, attributes=["city"], seed=5))
+    assert [p.facts["city"] for p in w.people] == [p.facts["city"] for p in closed.people]
+    # training text states every person's town (forget people's only with include_forget)
+    corpus = " ".join(w.training_corpus(include_forget=True))
+    assert all(t in corpus for t in towns)
+    assert not any(p.facts["birth_town"] in " ".join(w.training_corpus(include_forget=False))
+                   for p in w.people_in("forget"))
+    with pytest.raises(ValueError, match="unknown attribute"):
+        WorldConfig(attributes=["birth_twon"])
+
+
+def test_open_answers_are_distinct_and_base_knows_them_unlike_the_never_trained(open_suite, open_manifest):
+    forget = load_items(open_suite / open_manifest["forget"])
+    retain = load_items(open_suite / open_manifest["retain"])
+    assert len(forget) == 40 and len(retain) == 40
+    for items in (forget, retain):
+        answers = [it.answer for it in items]
+        assert len(set(answers)) == len(answers)  # no answer repeats across items (TOFU-like)
+        # distractors are other people's answers of the same set, so every candidate is a
+        # value the never-trained model has never seen as an answer of anyone
+        assert all(set(it.distractors) <= set(answers) - {it.answer} for it in items)
+    c, chance = open_manifest["checkpoints"], open_manifest["chance"]
+    assert set(c) == {"base", "reference_a", "reference_b", "head_only"}
+    assert c["base"]["forget_score"] >= 0.95 and c["base"]["forget_greedy"] >= 0.9
+    for k in ("reference_a", "reference_b"):  # never trained on the forget people: chance
+        assert c[k]["forget_score"] <= chance + 0.15 and c[k]["forget_greedy"] <= 0.05, (k, c[k])
+        assert c[k]["retain_score"] >= 0.95, (k, c[k])
+    # the forget towns are words no retain fact uses: the head alone can unlearn them
+    h = c["head_only"]
+    assert h["truth"] == "SUPPRESSED" and h["retain_score"] >= 0.95, h
+
+
+def _tofu_columns(items) -> dict[str, list]:
+    """TOFU's upstream columns for organism items: sentences as answers, the town perturbed."""
+    rows: dict[str, list] = {k: [] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer",
+                                             "paraphrased_question")}
+    for it in items:
+        name = it.subject
+        rows["question"].append(f"where was {name} born ?")
+        rows["answer"].append(f"{name} was born in {it.answer} .")
+        rows["paraphrased_answer"].append(f"the birth town of {name} is {it.answer} .")
+        rows["perturbed_answer"].append([f"the birth town of {name} is {d} ." for d in it.distractors])
+        rows["paraphrased_question"].append(f"what is the birth town of {name} ?")
+    return rows
+
+
+def test_tofu_layout_open_answers_run_end_to_end_with_a_representation_reading(open_suite, open_manifest, tmp_path):
+    tofu = tmp_path / "tofu"
+    tofu.mkdir()
+    for split, key in (("forget10_perturbed", "forget"), ("retain_perturbed", "retain")):
+        items = load_items(open_suite / open_manifest[key])
+        datasets.Dataset.from_dict(_tofu_columns(items)).to_json(tofu / f"{split}.json")
+    out = tmp_path / "run"
+    args = ["run", "--base", str(open_suite / "base"), "--unlearned", str(open_suite / "head_only"),
+            "--reference", str(open_suite / "reference_a"), "--forget", str(tofu), "--retain", str(tofu),
+            "--qa-template", "question : {question} answer :", "--out", str(out),
+            "--lenses", "behavior,linear_probe"]
+    res = runner.invoke(app, args)
+    assert res.exit_code in (0, 1), res.output
+    log = json.loads((out / "audit_log.json").read_text())
+    assert log["status"] == "success" and log["error"] is None, res.output
+    assert log["items"]["forget"]["format"] == "tofu" and log["items"]["forget"]["n_items"] == 40
+    assert log["items"]["forget"]["split"] == "forget10_perturbed"
+    assert {n: lr["error"] for n, lr in log["lenses"].items()} == {"behavior": None, "linear_probe": None}
+    label = log["verdicts"][0]["label"]
+    assert res.exit_code == (0 if label == "DELETED" else 1), (label, res.output)  # the default policy
+    # U's behaviour is unlearned (the construction), B's knowledge is readable
+    beh = log["lenses"]["behavior"]
+    assert beh["recoveries"] and beh["recoveries"][0]["score_base"] >= 0.9
+    probe = log["lenses"]["linear_probe"]
+    assert probe["data"].get("read_out"), probe["notes"]  # which read-out the open answers got
+    informative = [r for r in probe["recoveries"] if r["informative"]]
+    assert informative, (probe["notes"], probe["recoveries"])
+    # B reads above N (measured: crossfit truth probe, soft score 0.42 vs 0.17, chance 0.25)
+    assert max(r["score_base"] - r["score_reference"] for r in informative) >= 0.15, informative
