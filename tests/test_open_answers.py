@@ -91,14 +91,18 @@ def _tofu_columns(items) -> dict[str, list]:
     return rows
 
 
-def test_tofu_layout_open_answers_run_end_to_end_with_a_representation_reading(open_suite, open_manifest, tmp_path):
-    tofu = tmp_path / "tofu"
-    tofu.mkdir()
+@pytest.fixture(scope="module")
+def tofu_dir(open_suite, open_manifest, tmp_path_factory) -> Path:
+    """The open suite's items as TOFU's ``forget10_perturbed`` / ``retain_perturbed`` JSON files."""
+    tofu = tmp_path_factory.mktemp("tofu")
     for split, key in (("forget10_perturbed", "forget"), ("retain_perturbed", "retain")):
         items = load_items(open_suite / open_manifest[key])
         datasets.Dataset.from_dict(_tofu_columns(items)).to_json(tofu / f"{split}.json")
-    out = tmp_path / "run"
-    args = ["run", "--base", str(open_suite / "base"), "--unlearned", str(open_suite / "head_only"),
+    return tofu
+
+
+def _run_tofu(open_suite: Path, tofu: Path, unlearned: str, out: Path) -> tuple[dict, int, str]:
+    args = ["run", "--base", str(open_suite / "base"), "--unlearned", str(open_suite / unlearned),
             "--reference", str(open_suite / "reference_a"), "--forget", str(tofu), "--retain", str(tofu),
             "--qa-template", "question : {question} answer :", "--out", str(out),
             "--lenses", "behavior,linear_probe"]
@@ -111,12 +115,28 @@ def test_tofu_layout_open_answers_run_end_to_end_with_a_representation_reading(o
     assert {n: lr["error"] for n, lr in log["lenses"].items()} == {"behavior": None, "linear_probe": None}
     label = log["verdicts"][0]["label"]
     assert res.exit_code == (0 if label == "DELETED" else 1), (label, res.output)  # the default policy
+    assert log["lenses"]["linear_probe"]["data"].get("read_out"), log["lenses"]["linear_probe"]["notes"]
+    return log, res.exit_code, label
+
+
+def test_tofu_layout_open_answers_run_end_to_end_with_a_representation_reading(open_suite, tofu_dir, tmp_path):
+    log, _, label = _run_tofu(open_suite, tofu_dir, "head_only", tmp_path / "run")
     # U's behaviour is unlearned (the construction), B's knowledge is readable
     beh = log["lenses"]["behavior"]
     assert beh["recoveries"] and beh["recoveries"][0]["score_base"] >= 0.9
     probe = log["lenses"]["linear_probe"]
-    assert probe["data"].get("read_out"), probe["notes"]  # which read-out the open answers got
     informative = [r for r in probe["recoveries"] if r["informative"]]
     assert informative, (probe["notes"], probe["recoveries"])
     # B reads above N (measured: crossfit truth probe, soft score 0.42 vs 0.17, chance 0.25)
     assert max(r["score_base"] - r["score_reference"] for r in informative) >= 0.15, informative
+    # the trunk is B's: the reading recovers the knowledge, and the verdict is the construction's truth
+    assert label == "SUPPRESSED", log["verdicts"][0]["reason"]
+
+
+def test_tofu_layout_never_trained_u_recovers_nothing(open_suite, tofu_dir, tmp_path):
+    # a never-trained U (reference_b) is no false alarm: the representation reading's CI covers
+    # 0 (measured: crossfit truth probe -0.25, CI -1.42 to 0.24) and the verdict is not SUPPRESSED
+    log, _, label = _run_tofu(open_suite, tofu_dir, "reference_b", tmp_path / "run")
+    primary = [r for r in log["lenses"]["linear_probe"]["recoveries"] if r["kind"] == "primary"]
+    assert primary and all(r["ci_low"] <= 0 <= r["ci_high"] for r in primary), primary
+    assert label in ("DELETED", "INCONCLUSIVE"), log["verdicts"][0]["reason"]
