@@ -77,6 +77,15 @@ def test_open_answers_are_distinct_and_base_knows_them_unlike_the_never_trained(
     assert h["truth"] == "SUPPRESSED" and h["retain_score"] >= 0.95, h
 
 
+def test_cli_builds_the_open_answer_suite(open_suite):
+    # the session's suite has the command's config: the command finds it up to date (no training)
+    before = (open_suite / "base" / "model.safetensors").stat().st_mtime_ns
+    res = runner.invoke(app, ["organisms", "build", "--open-answers", "--out", str(open_suite)])
+    assert res.exit_code == 0, res.output
+    assert "head_only" in res.output and "SUPPRESSED" in res.output
+    assert (open_suite / "base" / "model.safetensors").stat().st_mtime_ns == before
+
+
 def _tofu_columns(items) -> dict[str, list]:
     """TOFU's upstream columns for organism items: sentences as answers, the town perturbed."""
     rows: dict[str, list] = {k: [] for k in ("question", "answer", "paraphrased_answer", "perturbed_answer",
