@@ -5,6 +5,10 @@ every layer) are read at the last prompt token and as a mask-aware mean over the
 tokens (the first token, a BOS or attention sink, excluded). Each model is forwarded
 once per item set: results are stored as safetensors keyed by model hash × item-set
 hash × hooks × code version, written to a temp file and renamed.
+
+:func:`capture_candidates` reads the same hooks at the last token of every ``prompt +
+candidate`` (the shared candidate encoding), one forward per candidate, for read-outs
+that score arbitrary answer strings (the linear-probe lens's truth probe).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -24,7 +28,7 @@ from audit.batching import run_batched
 from audit.items import KnowledgeItem, items_hash
 from audit.models import LoadedModel, cache_root
 from audit.progress import log, progress
-from audit.scoring import check_finite, encode_prompt, pad_batch, pad_id_of
+from audit.scoring import candidate_token_ids, check_finite, encode_prompt, pad_batch, pad_id_of
 
 CACHE_VERSION = "1"
 
@@ -133,6 +137,102 @@ def capture(
     root.mkdir(parents=True, exist_ok=True)
     tensors = {f"last/{h}": acts.last[h].contiguous() for h in hooks}
     tensors.update({f"mean/{h}": acts.mean[h].contiguous() for h in hooks})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+    return acts
+
+
+@dataclass
+class CandidateActivations:
+    """Activations at the last token of ``prompt + candidate``, one row per (item, candidate).
+
+    Rows are item-major: item 0's candidates (answer first), then item 1's, ...
+    """
+
+    hooks: list[str]
+    last: dict[str, Float[Tensor, "row d_model"]]
+    item: Int[Tensor, " row"]
+    """The item (index into the item set) of each row."""
+    candidate: Int[Tensor, " row"]
+    """The candidate of each row (0 = the answer)."""
+
+
+@torch.no_grad()
+def capture_candidates_uncached(
+    model: LoadedModel, items: Sequence[KnowledgeItem], hooks: Sequence[str], batch_size: int = 32
+) -> CandidateActivations:
+    """Forward every ``prompt + candidate`` (the shared candidate encoding,
+    :func:`audit.scoring.candidate_token_ids`) and read each hook at its last token.
+
+    Sequences are sorted by length and batched, so padding stays small; a batch that
+    runs out of memory is retried at half the size.
+
+    Raises:
+        LensError: if an activation holds NaN or inf, or memory runs out at batch size 1.
+    """
+    tok = model.tokenizer
+    seqs: list[list[int]] = []
+    item_idx: list[int] = []
+    cand_idx: list[int] = []
+    for i, it in enumerate(items):
+        p = encode_prompt(tok, it.prompt)
+        for j, c in enumerate(candidate_token_ids(tok, it)):
+            seqs.append(p + c)
+            item_idx.append(i)
+            cand_idx.append(j)
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    hookset = set(hooks)
+    who = f"{model.role} model ({model.path})"
+
+    def chunk(a: int, b: int) -> dict[str, Tensor]:
+        idx = order[a:b]
+        ids, mask = pad_batch([seqs[k] for k in idx], pad_id_of(tok), model.device)
+        _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in hookset)
+        FORWARD_COUNTER["capture"] += 1
+        rows = torch.arange(len(idx), device=ids.device)
+        last = mask.sum(1) - 1
+        out: dict[str, Tensor] = {}
+        for h in hooks:
+            act = cache[h][rows, last].float()
+            if not bool(torch.isfinite(act).all()):
+                check_finite(cache[h].float(), mask, [items[item_idx[k]].id for k in idx], who, f"activations at {h}")
+            out[h] = act.cpu()
+        bar.advance(b - a)
+        return out
+
+    with progress(f"capture {model.role} (candidates)", total=len(seqs)) as bar:
+        parts = run_batched(chunk, len(seqs), batch_size, what=f"candidate activation capture ({who})")
+    inv = torch.empty(len(seqs), dtype=torch.long)
+    inv[torch.tensor(order, dtype=torch.long)] = torch.arange(len(seqs))
+    d = model.d_model
+    last = {h: (torch.cat([p[h] for p in parts])[inv] if parts else torch.zeros(0, d)) for h in hooks}
+    return CandidateActivations(list(hooks), last, torch.tensor(item_idx, dtype=torch.long),
+                                torch.tensor(cand_idx, dtype=torch.long))
+
+
+def capture_candidates(
+    model: LoadedModel,
+    items: Sequence[KnowledgeItem],
+    hooks: Sequence[str] | None = None,
+    *,
+    batch_size: int = 32,
+    cache_dir: str | Path | None = None,
+) -> CandidateActivations:
+    """Cached :func:`capture_candidates_uncached` (same cache folder and key scheme as
+    :func:`capture`, tagged ``candidates``)."""
+    hooks = list(hooks) if hooks is not None else resid_hooks(model.n_layers)
+    root = Path(cache_dir) if cache_dir is not None else cache_root() / "activations"
+    path = root / f"cand-{_key(model, items, ['candidates', *hooks])}.safetensors"
+    if path.is_file():
+        try:
+            t = load_file(str(path))
+            return CandidateActivations(hooks, {h: t[f"last/{h}"] for h in hooks}, t["item"], t["candidate"])
+        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed, never trusted)
+            log.warning("activation cache entry %s is unreadable (%s); recomputing it", path, e)
+    acts = capture_candidates_uncached(model, items, hooks, batch_size)
+    root.mkdir(parents=True, exist_ok=True)
+    tensors = {f"last/{h}": acts.last[h].contiguous() for h in hooks}
+    tensors.update({"item": acts.item.contiguous(), "candidate": acts.candidate.contiguous()})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
     return acts

@@ -1,21 +1,38 @@
 """Linear probe lens: does a linear read-out of the activations still know the answers?
 
-Per layer, a scikit-learn ``LogisticRegression`` on standardised last-prompt-token
-activations predicts the answer; an item counts as known when the true answer gets the
-highest class score among its candidates (the knowledge score, read from the probe).
-Two fitting schemes (SPEC §3, issue 3):
+Two read-outs, one per item set (SPEC §3, §5 "open answers"; issues 3 and 17):
+
+- **classifier** (closed answer sets): per layer, a scikit-learn ``LogisticRegression`` on
+  standardised last-prompt-token activations predicts the answer *value*; an item counts
+  as known when its answer gets the highest class score among its candidates. It can
+  only read answers that repeat across items (city, sport, continent).
+- **truth_probe** (any answer strings): per layer, the activation at the last token of
+  ``prompt + candidate`` (the shared candidate encoding,
+  :func:`audit.scoring.candidate_token_ids`) for the answer (label 1) and every
+  distractor (label 0), centred on the item's mean over its candidates; one
+  item-agnostic direction is fit (logistic regression on standardised features, or the
+  difference of class means), and an item is scored by the answer's softmax share of the
+  probe scores over its candidates (``soft``) or whether it outscores every distractor
+  (``accuracy``).
+
+``read_out: auto`` (the default) uses the classifier where the answers repeat enough for
+it (:func:`_classifier_schemes`: at least ``min_closed_share`` of the scored items' answer
+values occur among the training answers, and every training side holds two or more
+values), and the truth probe otherwise. Each read-out runs two fitting schemes:
 
 - **transfer**: fit on retain items, score forget items;
 - **crossfit**: K-fold within forget items grouped by subject (no subject in both sides).
 
-The identical probe runs on B, U and N; a shuffled-label probe is the control. The
-reported reading per scheme is the best informative layer, with its CI widened for the
-number of layers it was picked from.
+The identical probe is fit on each of B, U and N's own activations; a shuffled-label
+probe (on U) is the control. A fold that cannot be fit (one class) is skipped and its
+items left out of the reading, with a note. The reported reading per scheme is the best
+informative layer, with its CI widened for the number of layers it was picked from.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -23,10 +40,14 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from audit.activations import capture_candidates
 from audit.context import AuditContext
 from audit.items import KnowledgeItem
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
+from audit.scoring import candidate_token_ids
+
+METRICS = ("accuracy", "soft")
 
 
 class LinearProbeConfig(LensConfig):
@@ -35,7 +56,8 @@ class LinearProbeConfig(LensConfig):
     folds: int = 5
     """Folds for cross-fitting within forget items (grouped by subject)."""
     position: str = "last"
-    """Activation read-out: ``last`` prompt token or ``mean`` over prompt tokens."""
+    """Classifier activation read-out: ``last`` prompt token or ``mean`` over prompt tokens
+    (the truth probe always reads the last token of ``prompt + candidate``)."""
     n_shuffles: int = 5
     """Shuffled-label control probes per scheme."""
     max_iter: int = 2000
@@ -44,16 +66,44 @@ class LinearProbeConfig(LensConfig):
     """Per-item score behind recovery: ``soft`` (the answer's share of the probe's
     probability over the item's candidates; far less noisy near chance) or ``accuracy``
     (1 if the answer outranks every distractor). Per-layer curves show both."""
+    read_out: Literal["auto", "classifier", "truth_probe"] = "auto"
+    """``auto``: the classifier on closed answer sets (see ``min_closed_share``), the truth
+    probe otherwise; or force one."""
+    min_closed_share: float = 0.8
+    """``auto`` uses the classifier for a scheme when at least this share of the scored
+    forget items have an answer value that the scheme's training items also have as
+    answer (and every training side holds two or more values)."""
+    truth_fit: Literal["logistic", "mean_diff"] = "logistic"
+    """How the truth probe's direction is fit: logistic regression on standardised
+    features, or the difference of the true and false means of the standardised features
+    (with a softmax temperature fit on the training items)."""
+    truth_features: Literal["both", "candidate", "interaction"] = "both"
+    """Truth-probe features: ``candidate``, the activation at the last token of ``prompt +
+    candidate`` (where a model that represents truth writes it); ``interaction``, the
+    prompt's last-token activation times the candidate's input embedding (what the prompt
+    predicts about the candidate; needs no forward per candidate); ``both`` concatenated."""
+    truth_center: bool = True
+    """Centre each item's candidate activations on their mean, so the probe reads what
+    tells an item's candidates apart rather than which item it is."""
+    max_label_history: float = 0.2
+    """Truth probe: a scheme is skipped when on more than this share of the scored items a
+    candidate value is labelled one way only among the training rows (only ever an answer,
+    or only ever a distractor). Cross-fitting on forget items whose distractors are other
+    forget items' answers (capitals of one region) is like that: the probe would learn each
+    value's label history, which reads *below* chance; distractors drawn from a fixed pool
+    lift every model, a never-trained one included, far above it."""
+    max_items: int = 300
+    """Truth probe cost bound: at most this many forget items are scored and this many
+    retain items fit on (a seeded subsample; each item costs one forward per candidate)."""
 
 
-def _labels(items: Sequence[KnowledgeItem], tokenizer, first_token: bool) -> list[list[str]]:
-    """Candidate labels per item (index 0 = answer): the strings, or their first tokens."""
-    if not first_token:
-        return [it.candidates for it in items]
-    out = []
-    for it in items:
-        out.append([str(tokenizer(" " + c, add_special_tokens=False)["input_ids"][:1]) for c in it.candidates])
-    return out
+# ---------------------------------------------------------------------------- classifier
+
+
+def _labels(items: Sequence[KnowledgeItem], tokenizer) -> list[list[str]]:
+    """Candidate labels per item (index 0 = answer): each candidate's token ids in the shared
+    encoding, so ``" Paris"`` and ``"Paris"`` are one value."""
+    return [[str(ids) for ids in candidate_token_ids(tokenizer, it)] for it in items]
 
 
 def _probe(cfg: LinearProbeConfig, seed: int):
@@ -82,119 +132,379 @@ def _rank_correct(clf, X: np.ndarray, cands: list[list[str]], metric: str = "acc
     return out
 
 
-def _transfer(cfg, Xr, yr, Xf, cf, seed, shuffle_rng=None) -> dict[str, np.ndarray]:
-    y = np.array([c[0] for c in yr])
+def _folds(n_splits: int, groups: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Subject-grouped folds of the forget items (deterministic: GroupKFold)."""
+    if n_splits < 2:
+        return []
+    idx = np.arange(len(groups))
+    return list(GroupKFold(n_splits=n_splits).split(idx, idx, groups))
+
+
+def _classifier_schemes(
+    cf: list[list[str]], cr: list[list[str]], folds: list[tuple[np.ndarray, np.ndarray]], min_share: float,
+) -> dict[str, str]:
+    """Closed-set criterion: for each scheme, why the classifier cannot read it ("" = it can).
+
+    A scheme is readable when every training side holds two or more answer values and at
+    least ``min_share`` of the scored items' answer values occur among its training answers.
+    """
+    ans_f = [c[0] for c in cf]
+    why: dict[str, str] = {}
+    train_r = {c[0] for c in cr}
+    share = float(np.mean([a in train_r for a in ans_f])) if ans_f else 0.0
+    why["transfer"] = ("" if len(train_r) >= 2 and share >= min_share else
+                       f"{share:.0%} of forget answers are retain answers ({len(train_r)} retain answer values)")
+    if not folds:
+        why["crossfit"] = "fewer than 2 subjects"
+    else:
+        hit, one_class = 0, 0
+        for tr, te in folds:
+            seen = {ans_f[i] for i in tr}
+            one_class += len(seen) < 2
+            hit += sum(ans_f[i] in seen for i in te)
+        share = hit / len(ans_f)
+        why["crossfit"] = ("" if not one_class and share >= min_share else
+                           f"{share:.0%} of forget answers occur in their training folds, {one_class} fold(s) "
+                           "with one answer value")
+    return why
+
+
+# ---------------------------------------------------------------------------- truth probe
+
+
+def _label_history_bias(test: list[list[str]], train: list[list[str]]) -> float:
+    """Share of ``test`` items (candidate values, answer first) with a candidate value that
+    the ``train`` items label one way only (only ever an answer there, or only ever a
+    distractor). A probe that can see a candidate's identity learns that label: a held-out
+    answer seen only as a distractor reads below chance, a distractor seen only as a
+    distractor lifts the answer above it, for a model that knows nothing as much as for B."""
+    if not test:
+        return 0.0
+    true = {c[0] for c in train}
+    false = {d for c in train for d in c[1:]}
+    one_sided = true ^ false
+    return sum(any(v in one_sided for v in c) for c in test) / len(test)
+
+
+def _truth_features(
+    item: np.ndarray, center: bool, cand_act: np.ndarray | None = None, prompt_last: np.ndarray | None = None,
+    cand_emb: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rows (item × candidate) of truth-probe features at one layer.
+
+    ``cand_act``: the activation at the last token of ``prompt + candidate``;
+    ``prompt_last`` (per item) × ``cand_emb`` (per row): the prompt's last-token activation
+    times the candidate's input embedding, elementwise (a diagonal bilinear form once the
+    probe weights it). Centred per item on the mean over its candidates when ``center``.
+    """
+    blocks = []
+    if cand_act is not None:
+        blocks.append(cand_act.astype(np.float64))
+    if prompt_last is not None and cand_emb is not None:
+        blocks.append(prompt_last[item] * cand_emb)
+    X = np.concatenate(blocks, 1)
+    if center:
+        n = int(item.max()) + 1 if len(item) else 0
+        sums = np.zeros((n, X.shape[1]))
+        np.add.at(sums, item, X)
+        X = X - (sums / np.bincount(item, minlength=n)[:, None])[item]
+    return X
+
+
+def _item_softmax_share(s: np.ndarray, item: np.ndarray, cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per item: the answer's softmax share of ``s`` over its candidates, and whether it beats them all."""
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, item, s)
+    e = np.exp(s - top[item])
+    den = np.zeros(n)
+    np.add.at(den, item, e)
+    ans = cand == 0
+    soft = np.zeros(n)
+    soft[item[ans]] = e[ans] / den[item[ans]]
+    best_d = np.full(n, -np.inf)
+    np.maximum.at(best_d, item[~ans], s[~ans])
+    acc = np.zeros(n)
+    acc[item[ans]] = (s[ans] > best_d[item[ans]]).astype(float)
+    return soft, acc
+
+
+def _truth_fit(
+    cfg: LinearProbeConfig, X: np.ndarray, item: np.ndarray, cand: np.ndarray, seed: int,
+    shuffle_rng: np.random.Generator | None = None,
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """One item-agnostic truth direction fit on ``X`` (rows: item × candidate); ``None`` if
+    the rows hold one class only. A shuffled control labels a random candidate of each item true."""
     if shuffle_rng is not None:
-        y = shuffle_rng.permutation(y)
-    clf = _probe(cfg, seed).fit(Xr, y)
-    return {m: _rank_correct(clf, Xf, cf, m) for m in ("accuracy", "soft")}
+        items = np.unique(item)
+        counts = np.bincount(item)[items]
+        true_c = {i: int(shuffle_rng.integers(k)) for i, k in zip(items, counts, strict=True)}
+        y = np.array([c == true_c[i] for i, c in zip(item, cand, strict=True)])
+    else:
+        y = cand == 0
+    if y.all() or not y.any():
+        return None
+    if cfg.truth_fit == "logistic":
+        clf = _probe(cfg, seed).fit(X, y)
+        return clf.decision_function
+    sc = StandardScaler().fit(X)
+    Z = sc.transform(X)
+    w = Z[y].mean(0) - Z[~y].mean(0)
+    s = Z @ w
+    # the temperature that best explains the training items' answers (the soft score needs a scale)
+    n = int(item.max()) + 1
+    ans_item = item[y]
+    best_t, best_ll = 1.0, -np.inf
+    for t in np.logspace(-4, 1, 26):
+        soft, _ = _item_softmax_share(t * s, item, np.where(y, 0, 1), n)
+        ll = float(np.log(np.maximum(soft[ans_item], 1e-12)).sum())
+        if ll > best_ll:
+            best_t, best_ll = float(t), ll
+    return lambda Xn: best_t * (sc.transform(Xn) @ w)
 
 
-def _crossfit(cfg, Xf, cf, groups, seed, shuffle_rng=None) -> dict[str, np.ndarray]:
-    y = np.array([c[0] for c in cf])
-    out = {m: np.zeros(len(Xf)) for m in ("accuracy", "soft")}
-    for tr, te in GroupKFold(n_splits=cfg.folds).split(Xf, y, groups):
-        ytr = shuffle_rng.permutation(y[tr]) if shuffle_rng is not None else y[tr]
-        if len(set(ytr)) < 2:
-            continue
-        clf = _probe(cfg, seed).fit(Xf[tr], ytr)
-        for m in out:
-            out[m][te] = _rank_correct(clf, Xf[te], [cf[i] for i in te], m)
-    return out
+# ---------------------------------------------------------------------------- the lens
 
 
-@register_lens("linear_probe", LinearProbeConfig, "logistic-regression probes per layer on last-token activations")
+@register_lens("linear_probe", LinearProbeConfig,
+               "linear probes per layer: answer classifier on closed sets, contrastive truth probe on open answers")
 def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     """Per-layer probe knowledge score on B, U, N for both schemes, with shuffled controls."""
     forget, retain = ctx.items["forget"], ctx.items["retain"]
     tok = ctx.models["base"].tokenizer
-    retain_answers = {it.answer for it in retain}
-    first_token = not all(it.answer in retain_answers for it in forget)
-    notes = []
-    if first_token:
-        notes.append("forget answers are not all among retain answers (not a closed set): the probe "
-                     "predicts and ranks the answers' first tokens instead")
-    cf, cr = _labels(forget, tok, first_token), _labels(retain, tok, first_token)
-    retain_labels = {c[0] for c in cr}
-    schemes: tuple[str, ...] = ("transfer", "crossfit")
-    if not any(c[0] in retain_labels for c in cf):
-        schemes = ("crossfit",)
-        notes.append("no forget answer is a retain answer (e.g. a different relation): a probe fit on retain "
-                     "items cannot rank forget candidates, so only the cross-fitted probe is run")
+    notes: list[str] = []
+    cf, cr = _labels(forget, tok), _labels(retain, tok)
     groups = np.array([it.subject or it.id for it in forget])
     n_groups = len(set(groups))
-    folds = min(cfg.folds, n_groups)
-    if folds < cfg.folds:
-        notes.append(f"only {n_groups} subjects: cross-fitting uses {folds} folds")
-    cfg_cf = cfg.model_copy(update={"folds": folds})
+    n_folds = min(cfg.folds, n_groups)
+    folds = _folds(n_folds, groups)
+    if 2 <= n_folds < cfg.folds:
+        notes.append(f"only {n_groups} subjects: cross-fitting uses {n_folds} folds")
+    why = _classifier_schemes(cf, cr, folds, cfg.min_closed_share)
+    read_out = cfg.read_out
+    if read_out == "auto":
+        read_out = "classifier" if any(v == "" for v in why.values()) else "truth_probe"
+        if read_out == "truth_probe":
+            notes.append("open answers (" + "; ".join(f"{s}: {w}" for s, w in why.items())
+                         + "): the contrastive truth probe reads them")
     roles = ctx.roles
     L = ctx.n_layers
-    per_layer: dict[str, dict[str, list[float]]] = {
-        f"{s}_{m}": {r: [] for r in roles} for s in schemes for m in ("accuracy", "soft")
-    }
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+
+    # every reader returns per-metric per-item scores over the forget items (NaN: not scored)
+    readers: dict[str, Callable[[str, int, np.random.Generator | None], dict[str, np.ndarray]]] = {}
+    rows_f = np.arange(len(forget))
+    truth_bias: dict[str, float] = {}
+    if read_out == "classifier":
+        schemes = [s for s in ("transfer", "crossfit") if why[s] == ""]
+        if cfg.read_out == "classifier":  # forced: run whatever can be fit
+            schemes = ["transfer"] * any(c[0] in {r[0] for r in cr} for c in cf) + ["crossfit"] * bool(folds)
+        for s in ("transfer", "crossfit"):
+            if s not in schemes:
+                notes.append(f"classifier {s} skipped: {why[s] or 'no forget answer among its training answers'}")
+
+        def feats(role: str, layer: int) -> tuple[np.ndarray, np.ndarray]:
+            af, ar = ctx.activations(role, "forget"), ctx.activations(role, "retain")
+            src_f = af.last if cfg.position == "last" else af.mean
+            src_r = ar.last if cfg.position == "last" else ar.mean
+            return src_f[hooks[layer]].numpy(), src_r[hooks[layer]].numpy()
+
+        def cls_transfer(role, layer, rng):
+            Xf, Xr = feats(role, layer)
+            y = np.array([c[0] for c in cr])
+            if rng is not None:
+                y = rng.permutation(y)
+            if len(set(y)) < 2:
+                return {m: np.full(len(cf), np.nan) for m in METRICS}
+            clf = _probe(cfg, ctx.seed).fit(Xr, y)
+            return {m: _rank_correct(clf, Xf, cf, m) for m in METRICS}
+
+        def cls_crossfit(role, layer, rng):
+            Xf, _ = feats(role, layer)
+            y = np.array([c[0] for c in cf])
+            out = {m: np.full(len(cf), np.nan) for m in METRICS}
+            for tr, te in folds:
+                ytr = rng.permutation(y[tr]) if rng is not None else y[tr]
+                if len(set(ytr)) < 2:
+                    continue  # one answer value: nothing to classify, the fold's items go unscored
+                clf = _probe(cfg, ctx.seed).fit(Xf[tr], ytr)
+                for m in out:
+                    out[m][te] = _rank_correct(clf, Xf[te], [cf[i] for i in te], m)
+            return out
+
+        readers = {"transfer": cls_transfer, "crossfit": cls_crossfit}
+        readers = {s: readers[s] for s in schemes}
+    else:
+        rng0 = np.random.default_rng(ctx.seed)
+        if len(forget) > cfg.max_items:
+            rows_f = np.sort(rng0.choice(len(forget), cfg.max_items, replace=False))
+            notes.append(f"truth probe: {cfg.max_items} of {len(forget)} forget items scored (max_items)")
+        ret_items, keep = list(retain), None
+        if len(retain) > cfg.max_items:
+            keep = np.sort(rng0.choice(len(retain), cfg.max_items, replace=False))
+            ret_items = [retain[i] for i in keep]
+            notes.append(f"truth probe: fit on {cfg.max_items} of {len(retain)} retain items (max_items)")
+        f_items = [forget[i] for i in rows_f]
+        nf_all = len(forget)
+        sets = {"forget": (f_items, rows_f if nf_all > len(rows_f) else None), "retain": (ret_items, keep)}
+        feat_cache: dict[tuple[str, str], tuple] = {}
+
+        def truth_rows(role: str, which: str):
+            """(candidate activations or None, item, candidate, prompt last-token acts by hook, candidate embeddings)."""
+            if (role, which) not in feat_cache:
+                m = ctx.models[role]
+                its, sel = sets[which]
+                ids = [candidate_token_ids(m.tokenizer, it) for it in its]
+                item = np.array([i for i, row in enumerate(ids) for _ in row])
+                cand = np.array([j for row in ids for j in range(len(row))])
+                ca = (capture_candidates(m, its, hooks, batch_size=ctx.config.batch_size,
+                                         cache_dir=ctx.config.cache_dir)
+                      if cfg.truth_features in ("both", "candidate") else None)
+                pl, emb = None, None
+                if cfg.truth_features in ("both", "interaction"):
+                    acts = ctx.activations(role, which).last
+                    pl = {h: (acts[h].numpy() if sel is None else acts[h].numpy()[sel]).astype(np.float64)
+                          for h in hooks}
+                    w = m.hf.get_input_embeddings().weight.detach().float().cpu().numpy()
+                    emb = np.stack([w[c].mean(0) for row in ids for c in row]).astype(np.float64)
+                feat_cache[(role, which)] = (ca, item, cand, pl, emb)
+            return feat_cache[(role, which)]
+
+        def features(role: str, which: str, layer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            ca, item, cand, pl, emb = truth_rows(role, which)
+            h = hooks[layer]
+            X = _truth_features(item, cfg.truth_center, None if ca is None else ca.last[h].numpy(),
+                                None if pl is None else pl[h], emb)
+            return X, item, cand
+
+        nf = len(rows_f)
+        g_f = groups[rows_f]
+        t_folds = _folds(min(cfg.folds, len(set(g_f))), g_f)
+        cf_t = [cf[i] for i in rows_f]
+        cr_t = cr if keep is None else [cr[i] for i in keep]
+        bias = {"transfer": _label_history_bias(cf_t, cr_t) if ret_items else float("nan"),
+                "crossfit": (sum(_label_history_bias([cf_t[i] for i in te], [cf_t[i] for i in tr]) * len(te)
+                                 for tr, te in t_folds) / nf) if t_folds else float("nan")}
+        schemes = []
+        for s, ok, why_not in (("transfer", bool(ret_items), "no retain items"),
+                               ("crossfit", bool(t_folds), "fewer than 2 subjects among the forget items")):
+            if not ok:
+                notes.append(f"truth probe {s} skipped: {why_not}")
+            elif bias[s] > cfg.max_label_history:
+                notes.append(f"truth probe {s} skipped: on {bias[s]:.0%} of the scored items a candidate's value "
+                             "is labelled one way only in the training items (e.g. the answer occurs there only as "
+                             "a distractor), so a probe would learn the values' labels, not truth "
+                             f"(max_label_history {cfg.max_label_history})")
+            else:
+                schemes.append(s)
+
+        def truth_transfer(role, layer, rng):
+            Xr, ir, cr_ = features(role, "retain", layer)
+            fit = _truth_fit(cfg, Xr, ir, cr_, ctx.seed, rng)
+            if fit is None:
+                return {m: np.full(nf, np.nan) for m in METRICS}
+            Xf, i_f, c_f = features(role, "forget", layer)
+            soft, acc = _item_softmax_share(fit(Xf), i_f, c_f, nf)
+            return {"soft": soft, "accuracy": acc}
+
+        def truth_crossfit(role, layer, rng):
+            X, item, cand = features(role, "forget", layer)
+            out = {m: np.full(nf, np.nan) for m in METRICS}
+            for tr, te in t_folds:
+                rtr, rte = np.isin(item, tr), np.isin(item, te)
+                fit = _truth_fit(cfg, X[rtr], item[rtr], cand[rtr], ctx.seed, rng)
+                if fit is None:
+                    continue
+                soft, acc = _item_softmax_share(fit(X[rte]), item[rte], cand[rte], nf)
+                out["soft"][te], out["accuracy"][te] = soft[te], acc[te]
+            return out
+
+        readers = {"transfer": truth_transfer, "crossfit": truth_crossfit}
+        truth_bias = {k: round(v, 4) for k, v in bias.items() if np.isfinite(v)}
+        readers = {s: readers[s] for s in schemes}
+
+    base_data = {"read_out": read_out, "label_history_bias": truth_bias, "first_token_labels": False, "metric": cfg.metric,
+                 "chance": float(ctx.chance("forget")[rows_f].mean()) if len(rows_f) else None,
+                 "classifier_criterion": why}
+    if not readers:
+        notes.append(f"no {read_out} scheme can be fit on these items: the lens reads nothing (uninformative)")
+        # empty curves (gaps) rather than no panel: the report draws one panel per scheme
+        empty = {f"{s}_{m}": {r: [None] * L for r in roles} for s in ("transfer", "crossfit") for m in METRICS}
+        return LensResult(name="linear_probe", config=cfg.model_dump(), recoveries=[], notes=notes,
+                          data={**base_data, "per_layer": empty, "layer_recoveries": {}, "primary_layers": {}})
+
+    per_layer: dict[str, dict[str, list[float | None]]] = {f"{s}_{m}": {r: [] for r in roles} for s in readers for m in METRICS}
     correct: dict[tuple[str, str, int], np.ndarray] = {}
+    scored: dict[str, np.ndarray] = {}
     for role in roles:
-        af, ar = ctx.activations(role, "forget"), ctx.activations(role, "retain")
-        src_f = af.last if cfg.position == "last" else af.mean
-        src_r = ar.last if cfg.position == "last" else ar.mean
-        for layer, hook in enumerate(af.hooks):
-            Xf, Xr = src_f[hook].numpy(), src_r[hook].numpy()
-            for scheme in schemes:
-                c = (_transfer(cfg, Xr, cr, Xf, cf, ctx.seed) if scheme == "transfer"
-                     else _crossfit(cfg_cf, Xf, cf, groups, ctx.seed))
-                correct[(scheme, role, layer)] = c[cfg.metric]
+        for layer in range(L):
+            for s, read in readers.items():
+                c = read(role, layer, None)
+                ok = np.isfinite(c[cfg.metric])
+                scored.setdefault(s, ok)
+                correct[(s, role, layer)] = c[cfg.metric]
                 for m, v in c.items():
-                    per_layer[f"{scheme}_{m}"][role].append(float(v.mean()))
-    chance = ctx.chance("forget")
-    recs: list[Recovery] = []
-    chosen: dict[str, int] = {}
+                    per_layer[f"{s}_{m}"][role].append(float(v[ok].mean()) if ok.any() else None)
+    for s, ok in scored.items():
+        if not ok.all():
+            notes.append(f"{read_out} {s}: {int((~ok).sum())} of {len(ok)} items in folds that could not be fit "
+                         "(one class) are left out of the reading")
+    readers = {s: r for s, r in readers.items() if scored[s].any()}
+    if not readers:
+        notes.append(f"no {read_out} fold could be fit: the lens reads nothing (uninformative)")
+        return LensResult(name="linear_probe", config=cfg.model_dump(), recoveries=[], notes=notes,
+                          data={**base_data, "per_layer": per_layer, "layer_recoveries": {}, "primary_layers": {}})
+    schemes_t = tuple(readers)
+
+    def rows_of(scheme: str) -> np.ndarray | None:
+        idx = rows_f[scored[scheme]]
+        return None if len(idx) == len(forget) else idx
 
     def control(scheme: str, layer: int, r: Recovery) -> None:
         """Shuffled-label probes on U at ``layer``: their recovery's 95th percentile."""
-        hook = f"blocks.{layer}.hook_resid_post"
-        af, ar = ctx.activations("unlearned", "forget"), ctx.activations("unlearned", "retain")
-        Xf = (af.last if cfg.position == "last" else af.mean)[hook].numpy()
-        Xr = (ar.last if cfg.position == "last" else ar.mean)[hook].numpy()
         ctrl = []
+        ok = scored[scheme]
         for k in range(cfg.n_shuffles):
-            rng = np.random.default_rng(ctx.seed + 1000 + k)
-            c = (_transfer(cfg, Xr, cr, Xf, cf, ctx.seed, rng) if scheme == "transfer"
-                 else _crossfit(cfg_cf, Xf, cf, groups, ctx.seed, rng))
-            ctrl.append((c[cfg.metric].mean() - r.score_reference) / max(1e-9, r.score_base - r.score_reference))
+            c = readers[scheme]("unlearned", layer, np.random.default_rng(ctx.seed + 1000 + k))[cfg.metric]
+            c = c[ok]
+            if np.isfinite(c).all():
+                ctrl.append((c.mean() - r.score_reference) / max(1e-9, r.score_base - r.score_reference))
         if ctrl:
             r.control_threshold = float(np.percentile(ctrl, 95))
             r.excess = r.value - r.control_threshold
 
     def rec(scheme: str, layer: int, n_compared: int = 1) -> Recovery:
-        return ctx.recovery({r: correct[(scheme, r, layer)] for r in roles}, reading=f"{scheme} layer {layer}",
-                            n_compared=n_compared)
+        ok = scored[scheme]
+        return ctx.recovery({r: correct[(scheme, r, layer)][ok] for r in roles}, rows=rows_of(scheme),
+                            reading=f"{read_out} {scheme} layer {layer}", n_compared=n_compared)
 
-    rows = {s: [rec(s, layer) for layer in range(L)] for s in schemes}
-    layer_recs = {s: [r.model_dump() for r in rows[s]] for s in schemes}
+    rows = {s: [rec(s, layer) for layer in range(L)] for s in schemes_t}
+    layer_recs = {s: [r.model_dump() for r in rows[s]] for s in schemes_t}
+    recs: list[Recovery] = []
+    chosen: dict[str, int] = {}
     # primary: the (scheme, layer) where the probe best separates B from N, chosen without U
-    ps, pl = max(((s, i) for s in schemes for i in range(L)),
+    ps, pl = max(((s, i) for s in schemes_t for i in range(L)),
                  key=lambda x: rows[x[0]][x[1]].score_base - rows[x[0]][x[1]].score_reference)
     primary = rows[ps][pl].model_copy()
-    primary.reading = f"{ps} @ layer {pl} (most powerful)"
+    primary.reading = f"{read_out} {ps} @ layer {pl} (most powerful)"
     control(ps, pl, primary)
     recs.append(primary)
     chosen[ps] = pl
     # scans: per scheme, the best informative layer by recovery, CI widened for all readings
-    for scheme in schemes:
+    for scheme in schemes_t:
         informative = [i for i in range(L) if rows[scheme][i].informative and np.isfinite(rows[scheme][i].value)]
         if not informative:
             continue
         s_layer = max(informative, key=lambda i: rows[scheme][i].value)
-        scan = rec(scheme, s_layer, n_compared=len(schemes) * L)
-        scan.reading = f"{scheme}, best of {L} layers (layer {s_layer})"
+        scan = rec(scheme, s_layer, n_compared=len(schemes_t) * L)
+        scan.reading = f"{read_out} {scheme}, best of {L} layers (layer {s_layer})"
         scan.kind = "scan"
         control(scheme, s_layer, scan)
         recs.append(scan)
         chosen.setdefault(scheme, s_layer)
+    ok = scored[ps]
     return LensResult(
         name="linear_probe", config=cfg.model_dump(), recoveries=recs, notes=notes,
-        data={"per_layer": per_layer, "layer_recoveries": layer_recs, "first_token_labels": first_token,
-              "chance": float(chance.mean()), "metric": cfg.metric, "primary_layers": chosen,
-              "per_item": {"ids": [it.id for it in forget], "readings": {
-                  primary.reading: {r: np.round(correct[(ps, r, pl)], 4).tolist() for r in roles}}}},
+        data={**base_data, "per_layer": per_layer, "layer_recoveries": layer_recs, "primary_layers": chosen,
+              "per_item": {"ids": [forget[i].id for i in rows_f[ok]], "readings": {
+                  primary.reading: {r: np.round(correct[(ps, r, pl)][ok], 4).tolist() for r in roles}}}},
     )
