@@ -13,7 +13,7 @@ from audit.config import AuditConfig
 from audit.items import KnowledgeItem
 from audit.models import LoadedModel
 from audit.schema import Recovery
-from audit.scoring import ScoreResult, score_items
+from audit.scoring import ScoreResult, logit_scale, score_items
 from audit.stats import cluster_ids, recovery
 
 ROLES = ("base", "unlearned", "reference")
@@ -31,6 +31,7 @@ class AuditContext:
     models: dict[str, LoadedModel]
     items: dict[str, list[KnowledgeItem]]
     _scores: dict[tuple[str, str], ScoreResult] = field(default_factory=dict)
+    _temperatures: dict[str, float] = field(default_factory=dict)
     _acts: dict[tuple[str, str], Activations] = field(default_factory=dict)
 
     @property
@@ -64,6 +65,21 @@ class AuditContext:
                 model_name=f"{role} model ({m.path})",
             )
         return self._scores[key]
+
+    def temperature(self, role: str) -> float:
+        """The model's output sharpness relative to B's, read on retain items: its
+        :func:`~audit.scoring.logit_scale` over B's (B itself: 1).
+
+        Soft readings through a model's unembedding divide its candidate log-probs by this,
+        so a model that differs from another only in being more or less peaked (an
+        unembedding scaled by 2 reads 2) reads the same: sharpness is not knowledge.
+        """
+        if role not in self._temperatures:
+            base = logit_scale(self.score("base", "retain").candidate_logprobs)
+            own = logit_scale(self.score(role, "retain").candidate_logprobs)
+            t = own / base if np.isfinite(own) and np.isfinite(base) and own > 0 and base > 0 else 1.0
+            self._temperatures[role] = float(np.clip(t, 0.05, 20.0))
+        return self._temperatures[role]
 
     def activations(self, role: str, item_set: str) -> Activations:
         """All layers' residual activations of a model on an item set (cached on disk)."""

@@ -131,9 +131,10 @@ class ScoreResult:
     def greedy_score(self) -> float:
         return float(self.greedy.mean())
 
-    def per_item(self, metric: str = "soft") -> np.ndarray:
-        """Per-item scores behind a recovery: ``soft`` or ``accuracy`` (0/1 ranking)."""
-        return self.soft if metric == "soft" else self.correct.astype(float)
+    def per_item(self, metric: str = "soft", temperature: float = 1.0) -> np.ndarray:
+        """Per-item scores behind a recovery: ``soft`` (at ``temperature``: pass the model's
+        ``ctx.temperature(role)``) or ``accuracy`` (0/1 ranking)."""
+        return self.soft_at(temperature) if metric == "soft" else self.correct.astype(float)
 
     @property
     def soft(self) -> np.ndarray:
@@ -143,12 +144,35 @@ class ScoreResult:
         them apart, near 1 for one that knows. Far less noisy than 0/1 correctness near
         chance, which is what makes tight recovery bounds possible on small item sets.
         """
-        out = np.empty(len(self.candidate_logprobs))
-        for i, row in enumerate(self.candidate_logprobs):
-            z = np.asarray(row, dtype=float)
-            p = np.exp(z - z.max())
-            out[i] = p[0] / p.sum()
-        return out
+        return soft_share(self.candidate_logprobs)
+
+    def soft_at(self, temperature: float) -> np.ndarray:
+        """:attr:`soft` with the candidates' log-probs divided by ``temperature``."""
+        return soft_share(self.candidate_logprobs, temperature)
+
+
+def soft_share(candidate_logprobs: Sequence[Sequence[float]], temperature: float = 1.0) -> np.ndarray:
+    """Per item, the answer's (index 0) softmax share among its candidates at ``temperature``."""
+    out = np.empty(len(candidate_logprobs))
+    for i, row in enumerate(candidate_logprobs):
+        z = np.asarray(row, dtype=float) / temperature
+        p = np.exp(z - z.max())
+        out[i] = p[0] / p.sum()
+    return out
+
+
+def logit_scale(candidate_logprobs: Sequence[Sequence[float]]) -> float:
+    """How spread a model's candidate log-probs are: the mean absolute deviation of each
+    item's candidate log-probs from their mean, averaged over items.
+
+    It scales with the model's output sharpness (an unembedding scaled by 2 doubles it), so
+    dividing by it puts two models on one sharpness. Read on retain items, which every model
+    audited still knows. A temperature fitted by likelihood (Guo et al., 2017) does not do:
+    a model that ranks every retain item right fits T → 0 and turns soft readings into 0/1.
+    """
+    devs = [np.abs(r - r.mean()).mean() for r in (np.asarray(x, dtype=float) for x in candidate_logprobs)
+            if len(r) > 1 and np.isfinite(r).all()]
+    return float(np.mean(devs)) if devs else float("nan")
 
 
 def candidate_logprobs_to_result(

@@ -23,6 +23,8 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
             s = ctx.score(role, item_set)
             data[item_set][role] = {"score": s.score, "greedy": s.greedy_score, "mean_margin": float(s.margins.mean())}
     f = {role: ctx.score(role, "forget") for role in ctx.roles}
+    temps = {r: ctx.temperature(r) for r in ctx.roles}
+    data["temperature"] = {r: round(t, 4) for r, t in temps.items()}
     gd = f["unlearned"].greedy_distractors
     if gd is None:
         gd = np.zeros(len(ctx.items["forget"]))
@@ -30,7 +32,9 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
         ctx.recovery({r: s.correct for r, s in f.items()}, reading="ranking", n_boot=cfg.n_boot),
         # the same ranking read continuously (the answer's probability share among the
         # candidates): tight enough a CI to show U inside the deletion band (docs/verdict.md)
-        ctx.recovery({r: s.soft for r, s in f.items()}, reading="ranking (soft)", n_boot=cfg.n_boot),
+        # at each model's own temperature, fitted on retain items, so a model that is only
+        # more or less peaked (a scaled unembedding) reads the same (docs/verdict.md)
+        ctx.recovery({r: s.soft_at(temps[r]) for r, s in f.items()}, reading="ranking (soft)", n_boot=cfg.n_boot),
         # without N, greedy's knowledge-free end point is how often U greedily emits one
         # distractor: a model naming a candidate from its prior alone names the answer as often
         ctx.recovery({r: s.greedy for r, s in f.items()}, reading="greedy", n_boot=cfg.n_boot,
@@ -48,7 +52,7 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
         "ids": [it.id for it in ctx.items["forget"]],
         "readings": {
             "ranking": {role: s.correct.astype(float).tolist() for role, s in f.items()},
-            "ranking (soft)": {role: s.soft.round(6).tolist() for role, s in f.items()},
+            "ranking (soft)": {role: s.soft_at(temps[role]).round(6).tolist() for role, s in f.items()},
             "greedy": {role: s.greedy.astype(float).tolist() for role, s in f.items()},
         },
     }

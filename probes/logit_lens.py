@@ -112,7 +112,8 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
     Returns:
         ``logprobs`` (layer x item x candidate, 0 = answer; ``-inf`` past an item's last
         candidate): each candidate's summed token log-prob through the layer, teacher-forced;
-        ``soft`` (layer x item): the answer's share of probability among the candidates;
+        ``soft`` (layer x item): the answer's share of probability among the candidates, with
+        the log-probs divided by the model's sharpness relative to B (``ctx.temperature``);
         ``accuracy`` (layer x item): 1 where the answer outranks every distractor;
         ``topk`` (layer x item): 1 where the answer's first token is in the layer's top-k.
         At the last layer ``logprobs`` are scoring's candidate log-probs.
@@ -186,7 +187,9 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
     for i, c in enumerate(plan.cands):  # items with fewer candidates than the widest
         lp[:, i, len(c):] = -torch.inf
     lp64 = lp.double()
-    soft = torch.softmax(lp64, dim=-1)[..., 0]
+    # at the model's sharpness relative to B (ctx.temperature, read on retain items): an
+    # unembedding that is only scaled changes no soft share (docs/verdict.md)
+    soft = torch.softmax(lp64 / ctx.temperature(role), dim=-1)[..., 0]
     correct = lp64[..., 0] > lp64[..., 1:].amax(-1)
     return {"accuracy": correct.float().numpy(), "soft": soft.numpy(), "topk": topk.float().numpy(),
             "logprobs": lp64.numpy()}

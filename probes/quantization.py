@@ -203,7 +203,7 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
             scores[role] = score_items(_forward_of(q), m.tokenizer, items, batch_size=ctx.config.batch_size,
                                        device=m.device, encoded=enc[role])
             del q
-        per_role = {role: s.per_item(cfg.metric) for role, s in scores.items()}
+        per_role = {role: s.per_item(cfg.metric, ctx.temperature(role)) for role, s in scores.items()}
         per_setting.append(per_role)
         rec = ctx.recovery(per_role, reading=label, n_boot=cfg.n_boot)
         rows.append({

@@ -202,7 +202,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
     for variant in dict.fromkeys(v for v, _, _ in runs.values()):
         mine = [k for k, (v, _, _) in runs.items() if v == variant]
         scored = sorted(i for k in mine for i in runs[k][2])
-        rows: list[dict[str, Any]] = [{"steps": 0, **{r: float(ctx.score(r, "forget").per_item(cfg.metric)[scored].mean()) for r in ctx.roles},
+        rows: list[dict[str, Any]] = [{"steps": 0, **{r: float(ctx.score(r, "forget").per_item(cfg.metric, ctx.temperature(r))[scored].mean()) for r in ctx.roles},
                  "recovery": None, "ci_low": None, "ci_high": None, "unlearned_retain": u_retain0}]
         for s in steps:
             name = "relearn A→B" if variant == "split" and len(mine) == 1 else (
@@ -212,7 +212,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
                 per_seed[sd] = {r: np.full(len(forget), np.nan) for r in ctx.roles}
                 for k in mine:
                     for r in ctx.roles:
-                        per_seed[sd][r][runs[k][2]] = by_seed[sd][k][r][s]["target"].per_item(cfg.metric)
+                        per_seed[sd][r][runs[k][2]] = by_seed[sd][k][r][s]["target"].per_item(cfg.metric, ctx.temperature(r))
             # each item's mean over the seeds: the seeds' spread is shown beside it
             full = {r: np.mean([per_seed[sd][r] for sd in seeds], axis=0) for r in ctx.roles}
             got = {r: full[r][scored] for r in ctx.roles}

@@ -342,10 +342,11 @@ class _Prepared:
         out = out.view(k, self.n_items, self.n_cands)
         return out.masked_fill(~self.valid, float("-inf"))
 
-def _metrics(lp: Float[Tensor, "k item cand"]) -> dict[str, np.ndarray]:
-    """Per-item accuracy (answer ranked first) and soft score (its share among candidates)."""
+def _metrics(lp: Float[Tensor, "k item cand"], temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """Per-item accuracy (answer ranked first) and soft score (its share among candidates,
+    at the model's ``temperature``, ``ctx.temperature(role)``: sharpness is not knowledge)."""
     acc = (lp[..., 0] > lp[..., 1:].max(-1).values).double().numpy()
-    soft = torch.softmax(lp.double(), -1)[..., 0].numpy()
+    soft = torch.softmax(lp.double() / temperature, -1)[..., 0].numpy()
     return {"accuracy": acc, "soft": soft}
 
 
@@ -356,7 +357,7 @@ def _unsteered(ctx: AuditContext, role: str, item_set: str) -> dict[str, np.ndar
     lp = torch.full((1, len(s.candidate_logprobs), width), float("-inf"), dtype=torch.float64)
     for i, row in enumerate(s.candidate_logprobs):
         lp[0, i, : len(row)] = torch.tensor(row, dtype=torch.float64)
-    return {k: v[0] for k, v in _metrics(lp).items()}
+    return {k: v[0] for k, v in _metrics(lp, ctx.temperature(role)).items()}
 
 
 # ------------------------------------------------------------------------- directions
@@ -563,7 +564,8 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
                     else:
                         add += list(k[2] * r_u * dirs)
                         abl += [torch.zeros(U.d_model)] * len(dirs)
-                met = _metrics(prep_f.logprobs(site, torch.stack(add), torch.stack(abl), cfg.tokens_per_pass))
+                met = _metrics(prep_f.logprobs(site, torch.stack(add), torch.stack(abl), cfg.tokens_per_pass),
+                               ctx.temperature("unlearned"))
                 for j, s in enumerate(here):
                     for name in ("accuracy", "soft"):
                         u_sc[s][name][idx_f] = met[name][j]
@@ -611,8 +613,8 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
                 steered[role][idx_f] = plain[role][metric][idx_f]
                 continue
             prep = _Prepared(ctx.models[role], [forget[i] for i in idx_f])
-            steered[role][idx_f] = _metrics(prep.logprobs(s.site, v[0][None], v[1][None], cfg.tokens_per_pass))[
-                metric][0]
+            steered[role][idx_f] = _metrics(prep.logprobs(s.site, v[0][None], v[1][None], cfg.tokens_per_pass),
+                                            ctx.temperature(role))[metric][0]
 
     n_st = np.stack([steered[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
     # numerator: steered U vs steered N; denominator: the unsteered gap S(B) - S(N)

@@ -8,14 +8,14 @@ For every lens in the registry, on organisms trained in this test session:
   ``reference_a`` as N: randomness and priors are not knowledge;
 - a construction-SUPPRESSED organism still reads recovery through the lens.
 
-Lens grids are lighter than the defaults (this is about nulls, not attack strength).
+N for the temperature copies is the unscaled never-trained model they were made from
+(``reference_b``), as the issue states the null: they differ from it only in temperature.
+The skewed-prior model has no unscaled twin; its N is both never-trained references
+(``reference_a`` and ``reference_b``), so the spread between never-trained models enters
+its CIs as it does in a user's audit with several references. The construction-SUPPRESSED
+organisms are audited with N = ``reference_a``.
 
-Marked ``slow`` (not in ``make test``) until it has been run once: on the demo suite the
-never-trained ``reference_b`` itself, against ``reference_a``, reads greedy recovery −0.07
-(CI −0.15 to −0.01), a CI that misses 0 through the spread between two never-trained
-models, not through temperature. The scaled copies of reference_b share its greedy answers,
-so "CI covers 0" needs N = the unscaled reference_b for them (or several references) to
-test what it means to test. Run: ``pytest -m slow tests/test_conformance.py``.
+Lens grids are lighter than the defaults (this is about nulls, not attack strength).
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ import pytest
 
 from audit.registry import available_lenses
 
-pytestmark = pytest.mark.slow
-
 NULLS = ("reference_b_t05", "reference_b_t2", "reference_skewed")
+REFERENCES = {"reference_b_t05": ["reference_b"], "reference_b_t2": ["reference_b"],
+              "reference_skewed": ["reference_a", "reference_b"]}
 SUPPRESSED = ("late_layers", "head_only")
 # lenses that return no recoveries by design (support only)
 NO_RECOVERY = {"similarity"}
@@ -53,7 +53,8 @@ def audits(suite, manifest, tmp_path_factory):
     opts = {**LIGHT, "sae": {**LIGHT["sae"], "text": texts}}
     out = {}
     for u in (*NULLS, *SUPPRESSED):
-        cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / u), reference=str(suite / "reference_a"),
+        refs = [str(suite / r) for r in REFERENCES.get(u, ["reference_a"])]
+        cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / u), reference=refs,
                           forget=str(suite / "forget.jsonl"), retain=str(suite / "retain.jsonl"),
                           out=str(tmp / u), lenses=["full"], lens_options=opts)
         out[u] = run(cfg, render=False)
@@ -93,4 +94,6 @@ def test_a_suppressed_organism_reads_recovery(audits, lens):
                 best.append((r.ci_low, u, r.reading, r.value))
     assert best, lens
     lo, u, reading, value = max(best)
-    assert lo > 0.0 and value >= 0.3, (lens, u, reading, value, lo)
+    # "reads recovery": a CI above 0 (light grids here; the verdict's own bar, tau_s, is
+    # tested on the default grids in tests/test_verdicts.py)
+    assert lo > 0.0, (lens, u, reading, value, lo)
