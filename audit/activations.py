@@ -158,14 +158,50 @@ class CandidateActivations:
 
 
 @torch.no_grad()
+def capture_last_tokens(
+    model: LoadedModel, seqs: Sequence[Sequence[int]], hooks: Sequence[str], batch_size: int = 32,
+    item_ids: Sequence[str] | None = None,
+) -> dict[str, Float[Tensor, "seq d_model"]]:
+    """Forward token sequences (sorted by length, batched) and read each hook at each one's
+    last token, in the order given.
+
+    Raises:
+        LensError: if an activation holds NaN or inf, or memory runs out at batch size 1.
+    """
+    tok = model.tokenizer
+    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
+    hookset = set(hooks)
+    who = f"{model.role} model ({model.path})"
+    names = list(item_ids) if item_ids is not None else [str(k) for k in range(len(seqs))]
+
+    def chunk(a: int, b: int) -> dict[str, Tensor]:
+        idx = order[a:b]
+        ids, mask = pad_batch([seqs[k] for k in idx], pad_id_of(tok), model.device)
+        _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in hookset)
+        FORWARD_COUNTER["capture"] += 1
+        rows = torch.arange(len(idx), device=ids.device)
+        last = mask.sum(1) - 1
+        out: dict[str, Tensor] = {}
+        for h in hooks:
+            act = cache[h][rows, last].float()
+            if not bool(torch.isfinite(act).all()):
+                check_finite(cache[h].float(), mask, [names[k] for k in idx], who, f"activations at {h}")
+            out[h] = act.cpu()
+        bar.advance(b - a)
+        return out
+
+    with progress(f"capture {model.role} (last tokens)", total=len(seqs)) as bar:
+        parts = run_batched(chunk, len(seqs), batch_size, what=f"activation capture ({who})")
+    inv = torch.empty(len(seqs), dtype=torch.long)
+    inv[torch.tensor(order, dtype=torch.long)] = torch.arange(len(seqs))
+    return {h: (torch.cat([p[h] for p in parts])[inv] if parts else torch.zeros(0, model.d_model)) for h in hooks}
+
+
 def capture_candidates_uncached(
     model: LoadedModel, items: Sequence[KnowledgeItem], hooks: Sequence[str], batch_size: int = 32
 ) -> CandidateActivations:
     """Forward every ``prompt + candidate`` (the shared candidate encoding,
     :func:`audit.scoring.candidate_token_ids`) and read each hook at its last token.
-
-    Sequences are sorted by length and batched, so padding stays small; a batch that
-    runs out of memory is retried at half the size.
 
     Raises:
         LensError: if an activation holds NaN or inf, or memory runs out at batch size 1.
@@ -180,32 +216,7 @@ def capture_candidates_uncached(
             seqs.append(p + c)
             item_idx.append(i)
             cand_idx.append(j)
-    order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
-    hookset = set(hooks)
-    who = f"{model.role} model ({model.path})"
-
-    def chunk(a: int, b: int) -> dict[str, Tensor]:
-        idx = order[a:b]
-        ids, mask = pad_batch([seqs[k] for k in idx], pad_id_of(tok), model.device)
-        _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda n: n in hookset)
-        FORWARD_COUNTER["capture"] += 1
-        rows = torch.arange(len(idx), device=ids.device)
-        last = mask.sum(1) - 1
-        out: dict[str, Tensor] = {}
-        for h in hooks:
-            act = cache[h][rows, last].float()
-            if not bool(torch.isfinite(act).all()):
-                check_finite(cache[h].float(), mask, [items[item_idx[k]].id for k in idx], who, f"activations at {h}")
-            out[h] = act.cpu()
-        bar.advance(b - a)
-        return out
-
-    with progress(f"capture {model.role} (candidates)", total=len(seqs)) as bar:
-        parts = run_batched(chunk, len(seqs), batch_size, what=f"candidate activation capture ({who})")
-    inv = torch.empty(len(seqs), dtype=torch.long)
-    inv[torch.tensor(order, dtype=torch.long)] = torch.arange(len(seqs))
-    d = model.d_model
-    last = {h: (torch.cat([p[h] for p in parts])[inv] if parts else torch.zeros(0, d)) for h in hooks}
+    last = capture_last_tokens(model, seqs, hooks, batch_size, [items[i].id for i in item_idx])
     return CandidateActivations(list(hooks), last, torch.tensor(item_idx, dtype=torch.long),
                                 torch.tensor(cand_idx, dtype=torch.long))
 

@@ -31,6 +31,7 @@ informative layer, with its CI widened for the number of layers it was picked fr
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable, Sequence
 from typing import Literal
 
@@ -40,12 +41,12 @@ from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from audit.activations import capture_candidates
+from audit.activations import capture_candidates, capture_last_tokens
 from audit.context import AuditContext
 from audit.items import KnowledgeItem
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
-from audit.scoring import candidate_token_ids
+from audit.scoring import candidate_token_ids, encode_prompt
 
 METRICS = ("accuracy", "soft")
 
@@ -173,17 +174,53 @@ def _classifier_schemes(
 
 
 def _label_history_bias(test: list[list[str]], train: list[list[str]]) -> float:
-    """Share of ``test`` items (candidate values, answer first) with a candidate value that
-    the ``train`` items label one way only (only ever an answer there, or only ever a
-    distractor). A probe that can see a candidate's identity learns that label: a held-out
-    answer seen only as a distractor reads below chance, a distractor seen only as a
-    distractor lifts the answer above it, for a model that knows nothing as much as for B."""
+    """Share of ``test`` items with a candidate that the ``train`` items label one way only.
+
+    Candidates are compared by their own part: their token ids less the prefix and suffix
+    that all the item's candidates share (in ``"the birth town of Ann is Leeds ."`` only
+    ``Leeds``). A part that the training rows hold only as an answer, or only as a
+    distractor, carries that label into any probe that can see a candidate's identity: a
+    held-out answer seen in training only as a distractor reads below chance, a distractor
+    seen only as a distractor lifts the answer, for a model that knows nothing as much as
+    for B.
+    """
     if not test:
         return 0.0
-    true = {c[0] for c in train}
-    false = {d for c in train for d in c[1:]}
+
+    def own(c: list[str]) -> list[tuple[int, ...]]:
+        toks = [list(ast.literal_eval(v)) for v in c]
+        if len(toks) < 2:
+            return [tuple(t) for t in toks]
+        a = _common_prefix(toks)
+        rev = [t[a:][::-1] for t in toks]
+        b = _common_prefix(rev) if all(rev) else 0
+        return [tuple(t[a : len(t) - b]) for t in toks]
+
+    true: set[tuple[int, ...]] = set()
+    false: set[tuple[int, ...]] = set()
+    for c in train:
+        t = own(c)
+        true.add(t[0])
+        false.update(t[1:])
     one_sided = true ^ false
-    return sum(any(v in one_sided for v in c) for c in test) / len(test)
+    return sum(any(v in one_sided for v in own(c)) for c in test) / len(test)
+
+
+def _common_prefix(cands: list[list[int]]) -> int:
+    """Length of the token prefix every candidate shares (never a whole candidate)."""
+    n = min(len(c) for c in cands) - 1
+    k = 0
+    while k < n and all(c[k] == cands[0][k] for c in cands):
+        k += 1
+    return k
+
+
+def _center_items(X: np.ndarray, item: np.ndarray) -> np.ndarray:
+    """Subtract each item's mean over its candidates' rows."""
+    _, j = np.unique(item, return_inverse=True)
+    sums = np.zeros((int(j.max()) + 1 if len(j) else 0, X.shape[1]))
+    np.add.at(sums, j, X)
+    return X - (sums / np.bincount(j)[:, None])[j]
 
 
 def _truth_features(
@@ -203,12 +240,7 @@ def _truth_features(
     if prompt_last is not None and cand_emb is not None:
         blocks.append(prompt_last[item] * cand_emb)
     X = np.concatenate(blocks, 1)
-    if center:
-        n = int(item.max()) + 1 if len(item) else 0
-        sums = np.zeros((n, X.shape[1]))
-        np.add.at(sums, item, X)
-        X = X - (sums / np.bincount(item, minlength=n)[:, None])[item]
-    return X
+    return _center_items(X, item) if center else X
 
 
 def _item_softmax_share(s: np.ndarray, item: np.ndarray, cand: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -352,7 +384,7 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
             """(candidate activations or None, item, candidate, prompt last-token acts by hook, candidate embeddings)."""
             if (role, which) not in feat_cache:
                 m = ctx.models[role]
-                its, sel = sets[which]
+                its = sets[which][0]
                 ids = [candidate_token_ids(m.tokenizer, it) for it in its]
                 item = np.array([i for i, row in enumerate(ids) for _ in row])
                 cand = np.array([j for row in ids for j in range(len(row))])
@@ -361,11 +393,17 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
                       if cfg.truth_features in ("both", "candidate") else None)
                 pl, emb = None, None
                 if cfg.truth_features in ("both", "interaction"):
-                    acts = ctx.activations(role, which).last
-                    pl = {h: (acts[h].numpy() if sel is None else acts[h].numpy()[sel]).astype(np.float64)
-                          for h in hooks}
+                    # where the model must produce the first token that tells the candidates
+                    # apart: the prompt plus the prefix every candidate shares (the prompt's
+                    # last token for one-token or differently starting answers)
+                    pre = [_common_prefix(row) for row in ids]
+                    ctx_seqs = [encode_prompt(m.tokenizer, it.prompt) + row[0][:k]
+                                for it, row, k in zip(its, ids, pre, strict=True)]
+                    acts = capture_last_tokens(m, ctx_seqs, hooks, ctx.config.batch_size, [it.id for it in its])
+                    pl = {h: acts[h].numpy().astype(np.float64) for h in hooks}
                     w = m.hf.get_input_embeddings().weight.detach().float().cpu().numpy()
-                    emb = np.stack([w[c].mean(0) for row in ids for c in row]).astype(np.float64)
+                    emb = np.stack([w[c[k:] or c[-1:]].mean(0) for row, k in zip(ids, pre, strict=True)
+                                    for c in row]).astype(np.float64)
                 feat_cache[(role, which)] = (ca, item, cand, pl, emb)
             return feat_cache[(role, which)]
 
@@ -385,9 +423,9 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
                 "crossfit": (sum(_label_history_bias([cf_t[i] for i in te], [cf_t[i] for i in tr]) * len(te)
                                  for tr, te in t_folds) / nf) if t_folds else float("nan")}
         schemes = []
-        for s, ok, why_not in (("transfer", bool(ret_items), "no retain items"),
+        for s, possible, why_not in (("transfer", bool(ret_items), "no retain items"),
                                ("crossfit", bool(t_folds), "fewer than 2 subjects among the forget items")):
-            if not ok:
+            if not possible:
                 notes.append(f"truth probe {s} skipped: {why_not}")
             elif bias[s] > cfg.max_label_history:
                 notes.append(f"truth probe {s} skipped: on {bias[s]:.0%} of the scored items a candidate's value "
@@ -399,10 +437,10 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
 
         def truth_transfer(role, layer, rng):
             Xr, ir, cr_ = features(role, "retain", layer)
+            Xf, i_f, c_f = features(role, "forget", layer)
             fit = _truth_fit(cfg, Xr, ir, cr_, ctx.seed, rng)
             if fit is None:
                 return {m: np.full(nf, np.nan) for m in METRICS}
-            Xf, i_f, c_f = features(role, "forget", layer)
             soft, acc = _item_softmax_share(fit(Xf), i_f, c_f, nf)
             return {"soft": soft, "accuracy": acc}
 
