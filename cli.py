@@ -129,6 +129,8 @@ def run_cmd(
         help="'auto': wrap prompts with the base checkpoint's chat template when it has one; 'none'.")] = None,
     drop_unknown: Annotated[Optional[bool], typer.Option(
         "--drop-unknown", help="Drop items the base model does not know (counted in the results).")] = None,
+    identical_candidates: Annotated[Optional[str], typer.Option(
+        help="Items whose candidates tokenize identically: 'error' (the default) or 'drop' (with a note).")] = None,
     out: Annotated[Optional[str], typer.Option(help="Output folder.")] = None,
     lenses: Annotated[Optional[str], typer.Option(
         help="Comma-separated lens names (see `audit lenses`), or 'default' (the battery that can reach every "
@@ -159,7 +161,7 @@ def run_cmd(
             "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
             "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
             "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
-            "drop_unknown": drop_unknown,
+            "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
             "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
             "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
             "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,

@@ -38,6 +38,9 @@ class AuditConfig(BaseModel):
     """``auto``: wrap prompts with the base checkpoint's chat template when it has one."""
     drop_unknown: bool = False
     """Drop items the base model does not know before scoring (counted in the results)."""
+    identical_candidates: Literal["error", "drop"] = "error"
+    """Items with two candidates that tokenize identically (no lens can tell them apart):
+    ``error`` names them before any lens runs; ``drop`` leaves them out, with a note."""
     out: str = "audit_out"
     """Output folder for audit_log.json, report.html and side files."""
     lenses: list[str] = Field(default_factory=lambda: ["default"])

@@ -19,10 +19,44 @@ from audit.progress import log as logger
 from audit.registry import expand_lenses, get_lens
 from audit.resume import PartialStore, lens_key
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
-from audit.scoring import encode_items
+from audit.scoring import candidate_token_ids, encode_items
 from audit.verdict import decide, group_verdicts, retain_utility
 
 _LIBS = ("torch", "transformers", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "plotly", "pydantic")
+
+
+def _identical_candidates(items: dict[str, list], sets: dict, tokenizer, mode: str) -> dict[str, list]:
+    """Items with two candidates that tokenize identically: an error naming them, or dropped with a note.
+
+    No lens can tell such candidates apart (they are the same tokens), so the item could only
+    ever read as a tie. Uses the one candidate encoding every lens reads.
+    """
+    out = {}
+    for name, v in items.items():
+        bad = []
+        for it in v:
+            seen: dict[tuple[int, ...], str] = {}
+            for c, ids in zip(it.candidates, candidate_token_ids(tokenizer, it), strict=True):
+                if tuple(ids) in seen:
+                    bad.append((it.id, seen[tuple(ids)], c))
+                    break
+                seen[tuple(ids)] = c
+        if not bad:
+            out[name] = v
+            continue
+        first = ", ".join(f"item '{i}': {a!r} and {b!r}" for i, a, b in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        if mode != "drop":
+            raise InputError(f"{len(bad)} {name} item(s) have two candidates that tokenize identically, so no lens can "
+                             f"tell them apart ({first}{more}); fix them, or leave them out with "
+                             "--identical-candidates drop")
+        gone = {i for i, _, _ in bad}
+        out[name] = [it for it in v if it.id not in gone]
+        if name in sets:
+            sets[name].notes.append(f"{len(bad)} item(s) dropped: two of their candidates tokenize identically "
+                                    f"({first}{more})")
+        logger.warning("%d %s item(s) dropped: two of their candidates tokenize identically", len(bad), name)
+    return out
 
 
 def library_versions() -> dict[str, str]:
@@ -110,6 +144,10 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
         )
     for v in items.values():
         encode_items(models["base"].tokenizer, v)  # an answer that tokenizes to nothing fails here
+    items = _identical_candidates(items, sets, models["base"].tokenizer, config.identical_candidates)
+    if len(items["forget"]) < policy.min_items:
+        raise InputError(f"the forget set has {len(items['forget'])} items left after dropping items whose candidates "
+                         f"tokenize identically; the policy requires at least {policy.min_items}")
     check_context_window(models["base"], items, reserve=2)  # a prompt longer than the model's window
     timings["load"] = time.perf_counter() - t
 

@@ -34,6 +34,8 @@ from cli import app
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 MAX_ITEMS = 24
+# three distractors outside the organisms' word-level vocabulary: all three are its unknown token
+OOV = ["zzqxv", "qqzyv", "xxwvq"]
 PRESERVED = ("audit_log.json", "report.html")
 
 
@@ -176,6 +178,10 @@ BAD_RUN = {
     "item file not UTF-8": (lambda s, d: {"forget": _write(d, "f.jsonl", b'{"id": "\xff"}\n')}, "not UTF-8 text"),
     "item with markup in its id": (lambda s, d: {"forget": _items_with(s, d, 2, id="[bold]x[/]", distractors=["[/x]"])},
                                    "item '[bold]x[/]' has 1 distractors"),
+    "candidates tokenize identically": (lambda s, d: {"forget": _items_with(s, d, 2, distractors=OOV)},
+                                        "tokenize identically"),
+    "identical_candidates not a mode": (lambda s, d: {"identical_candidates": "[b]keep"},
+                                        "'identical_candidates'"),
     # checkpoints
     "missing checkpoint with markup": (lambda s, d: {"base": d / "no[/x]where"}, "no[/x]where"),
     "GGUF magic then garbage": (_gguf_garbage, "is not a readable GGUF file"),
@@ -183,6 +189,17 @@ BAD_RUN = {
 }
 if not torch.cuda.is_available():
     BAD_RUN["device cuda without CUDA"] = (lambda s, d: {"device": "cuda"}, "CUDA is not available")
+
+
+def test_identical_candidates_can_be_dropped_with_a_note(suite, tmp_path):
+    out = tmp_path / "o"
+    res = runner.invoke(app, _args(suite, out, {"forget": _items_with(suite, tmp_path, 2, distractors=OOV),
+                                                "identical_candidates": "drop"}))
+    assert res.exit_code in (0, 1), res.output
+    log = json.loads((out / "audit_log.json").read_text())
+    forget = log["items"]["forget"]
+    assert forget["n_items"] == MAX_ITEMS - 1
+    assert any("tokenize identically" in n for n in forget["notes"]), forget["notes"]
 
 
 def _args(suite: Path, out: Path, overrides: dict) -> list[str]:
