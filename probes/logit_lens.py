@@ -106,7 +106,8 @@ def _logprobs(
 
 
 @torch.no_grad()
-def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None = None) -> dict[str, np.ndarray]:
+def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None = None,
+                head: str | None = None) -> dict[str, np.ndarray]:
     """Every layer's reading of one model on the forget items.
 
     Returns:
@@ -117,8 +118,12 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
         ``accuracy`` (layer x item): 1 where the answer outranks every distractor;
         ``topk`` (layer x item): 1 where the answer's first token is in the layer's top-k.
         At the last layer ``logprobs`` are scoring's candidate log-probs.
+
+    With ``head`` (a role, e.g. ``base``), the residuals of ``role`` are read through that
+    model's final norm and unembedding instead of its own, at that model's sharpness.
     """
     model = ctx.models[role]
+    head_model = ctx.models[head] if head is not None else model
     items = ctx.items["forget"]
     plan = plan if plan is not None else _plan(model.tokenizer, items)
     L, n, width = model.n_layers, len(plan.cands), max(len(c) for c in plan.cands)
@@ -137,7 +142,7 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
         # every layer in one pass: few large unembedding calls instead of one small call per layer
         n_pos, n_layers = len(h_layers[0]), len(h_layers)
         shift = torch.arange(n_layers)[:, None] * n_pos
-        v, hit = _logprobs(model, torch.cat(list(h_layers)), (rows[None] + shift).flatten(), toks.repeat(n_layers),
+        v, hit = _logprobs(head_model, torch.cat(list(h_layers)), (rows[None] + shift).flatten(), toks.repeat(n_layers),
                            (frow[None] + shift).flatten(), ftok.repeat(n_layers), top_k)
         return it, cd, fitem, v.view(n_layers, len(reads)), hit.view(n_layers, len(firsts))
 
@@ -189,7 +194,7 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
     lp64 = lp.double()
     # at the model's sharpness relative to B (ctx.temperature, read on retain items): an
     # unembedding that is only scaled changes no soft share (docs/verdict.md)
-    soft = torch.softmax(lp64 / ctx.temperature(role), dim=-1)[..., 0]
+    soft = torch.softmax(lp64 / ctx.temperature(head or role), dim=-1)[..., 0]
     correct = lp64[..., 0] > lp64[..., 1:].amax(-1)
     return {"accuracy": correct.float().numpy(), "soft": soft.numpy(), "topk": topk.float().numpy(),
             "logprobs": lp64.numpy()}
@@ -224,8 +229,30 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
                             n_compared=L)
         scan.kind = "scan"
         recs.append(scan)
+    # B's head on every model's residuals: suppression placed in U's own head or final norm
+    # cannot hide what U's residual stream still carries (the read-out that B itself uses)
+    d_model = {r: ctx.models[r].d_model for r in ctx.roles}
+    bh_rows: list[Recovery] = []
+    if len(set(d_model.values())) == 1:
+        bh = {r: reads[r] if r == "base" else read_layers(ctx, r, cfg.top_k, plan, head="base") for r in ctx.roles}
+        for layer in range(L):
+            bh_rows.append(ctx.recovery({r: bh[r][cfg.metric][layer] for r in bh}, reading=f"base head, layer {layer}"))
+        q = max(range(L), key=lambda i: bh_rows[i].score_base - bh_rows[i].score_reference)
+        recs.append(bh_rows[q].model_copy(update={"reading": f"base head, layer {q} (most powerful)"}))
+        inf_bh = [i for i in range(L) if bh_rows[i].informative and np.isfinite(bh_rows[i].value)]
+        if inf_bh:
+            s2 = max(inf_bh, key=lambda i: bh_rows[i].value)
+            scan2 = ctx.recovery({r: bh[r][cfg.metric][s2] for r in bh}, n_compared=L,
+                                 reading=f"base head, best of {L} layers (layer {s2})")
+            scan2.kind = "scan"
+            recs.append(scan2)
+    else:
+        bh = {}
+        notes.append("the models' residual widths differ, so B's head cannot read them: no base-head reading")
     data = {
         "per_layer": {m: {r: reads[r][m].mean(1).round(4).tolist() for r in reads} for m in ("accuracy", "soft", "topk")},
+        "per_layer_base_head": {m: {r: bh[r][m].mean(1).round(4).tolist() for r in bh} for m in ("accuracy", "soft")},
+        "base_head_recoveries": [r.model_dump() for r in bh_rows],
         "layer_recoveries": [r.model_dump() for r in rows],
         "chance": float(chance.mean()), "top_k": cfg.top_k, "metric": cfg.metric,
         "readout": "teacher-forced candidate log-prob (summed over its tokens), scoring's candidate tokens",
