@@ -39,11 +39,16 @@ def _probe(page: Page, res: LensResult) -> None:
 @section("logit_lens")
 def _logit(page: Page, res: LensResult) -> None:
     d = res.data
-    panels = {"first-token score (soft)": d["per_layer"]["soft"], "ranked first": d["per_layer"]["accuracy"],
-              f"gold in top-{d['top_k']}": d["per_layer"]["topk"]}
+    panels = {"answer's share (soft)": d["per_layer"]["soft"], "ranked first": d["per_layer"]["accuracy"]}
+    if d.get("per_layer_base_head", {}).get("soft"):
+        panels["through B's head (soft)"] = d["per_layer_base_head"]["soft"]
+    panels[f"first token in top-{d['top_k']}"] = d["per_layer"]["topk"]
     fig = _layer_curves("Logit lens per layer (B / U / N)", panels, d.get("chance"), "score")
     page.section("Logit lens", page.figure(
-        fig, "Each layer's residual at the last prompt token through the model's own final norm and unembedding."),
+        fig, "Each layer's residual through the model's own final norm and unembedding, every candidate "
+             "teacher-forced (its tokens' log-probs summed); at the last layer this is the behaviour score. "
+             "'Through B's head': every model's residuals read through B's final norm and unembedding, which a "
+             "suppression placed in U's own head cannot hide. Dotted: chance."),
         "logit_lens")
 
 
