@@ -67,18 +67,51 @@ def _dose(d: dict[str, Any]) -> go.Figure:
     return fig
 
 
-def _summary(res: LensResult) -> str:
+def _corpus_text(q: dict[str, Any]) -> str:
+    c = q.get("corpus") or {}
+    src = str(c.get("source", "—"))
+    if src == "self-generated":
+        return (f"the base model's own text: {_fmt(c.get('tokens'), 'd')} tokens sampled (T {_fmt(c.get('temperature'), 'g')}, "
+                f"top-p {_fmt(c.get('top_p'), 'g')}) from {_fmt(c.get('n_openers'), 'd')} "
+                f"{'generic openers' if c.get('openers') == 'generic' else 'openers taken from the items'}, "
+                "and the audit prompts")
+    if src == "text files":
+        return f"{_fmt(c.get('lines'), 'd')} lines of text files ({', '.join(map(str, c.get('files', [])))}) and the audit prompts"
+    return src
+
+
+def _quality(d: dict[str, Any]) -> str:
+    """The SAE's quality, first: a poor SAE makes everything below it uninformative."""
     e = html.escape
-    d = res.data
     q = d["quality"]
-    bad = "" if q.get("ok") else " <b class='bad'>below the minimum: the lens is uninformative</b>"
+    ok = q.get("ok")
+    thr = q.get("min_explained_variance", 0.7)
+    verdict = ("<b style='color:#2ca02c'>good enough to inform the verdict</b>" if ok else
+               "<b class='bad'>below the minimum: the lens is uninformative</b>")
     where = "held-out sequences" if q.get("held_out") else "the audit prompts"
-    parts = [
-        f"<p>SAE: {e(str(q['architecture']))}, {q['d_sae']} features, {e(str(q['source']))}, at "
-        f"<code>{e(d['hook'])}</code>. On {where} ({q['n_tokens']} tokens): explained variance "
-        f"{_fmt(q['explained_variance'], '.3f')}{bad}, L0 {_fmt(q['l0'], '.1f')}, dead features "
-        f"{_fmt(100 * q['dead_fraction'], '.1f')}%.</p>",
+    rows = [
+        ("explained variance", f"{_fmt(q.get('explained_variance'), '.3f')} (minimum {_fmt(thr, 'g')}) — {verdict}"),
+        ("dead features", f"{_fmt(100 * q['dead_fraction'], '.1f')}% (no activation on "
+                          f"{e(str(q.get('dead_measured_on') or where))})"
+         if q.get("dead_fraction") is not None else "—"),
+        ("L0", _fmt(q.get("l0"), ".1f")),
+        ("SAE", f"{e(str(q.get('architecture')))}, {q.get('d_sae')} features, {e(str(q.get('source')))}, at "
+                f"<code>{e(str(d['hook']))}</code>"),
+        ("trained on", (f"{_fmt(q.get('n_train_tokens'), 'd')} tokens: {e(_corpus_text(q))}"
+                        if q.get("n_train_tokens") else "pretrained (loaded from disk)")),
+        ("measured on", f"{_fmt(q.get('n_tokens'), 'd')} tokens of {where}"),
     ]
+    table = "<table class='quality'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
+    ex = (q.get("corpus") or {}).get("examples") or []
+    if ex:
+        table += ("<details><summary>corpus samples</summary><ul>" + "".join(f"<li>{e(str(x))}</li>" for x in ex)
+                  + "</ul></details>")
+    return "<h3>SAE quality</h3>" + table
+
+
+def _summary(res: LensResult) -> str:
+    d = res.data
+    parts = [_quality(d)]
     if not d.get("concept_features"):
         return "".join(parts)
     parts += [

@@ -1,7 +1,8 @@
 """SAE lens, measured on the organism suite (SPEC §3–§4, issue 4).
 
 Thresholds sit under numbers measured on the default suite (seed 0, default lens config:
-TopK SAE, 8× expansion, k = 32, at block 2 of 4), quoted per test.
+TopK SAE, 8× expansion, k = 32, at block 2 of 4, trained on the base model's own sampled
+text; no ``text`` file), quoted per test.
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ def sae(suite):
     """``sae(unlearned, **options)``: the SAE lens's result on an organism, memoised."""
     models: dict = {}
     items = {"forget": load_items(suite / "forget.jsonl"), "retain": load_items(suite / "retain.jsonl")}
-    text = [str(suite / "train_forget.txt"), str(suite / "train_retain.txt")]
     results: dict = {}
 
     def model(name, role):
@@ -54,19 +54,27 @@ def sae(suite):
             ms = {"base": model("base", "base"), "unlearned": model(unlearned, "unlearned"),
                   "reference": model("reference_a", "reference")}
             spec = get_lens("sae")
-            results[key] = spec.fn(AuditContext(cfg, ms, items), spec.make_config({"text": text, **options}))
+            results[key] = spec.fn(AuditContext(cfg, ms, items), spec.make_config(options))
         return results[key]
 
     return run
 
 
 def test_trained_sae_reconstructs_held_out_activations(sae):
-    # measured: explained variance 0.958 on 1518 held-out tokens, L0 32, 12% dead
-    q = sae("head_only").data["quality"]
+    # no text given: the SAE trains on the base's own text, sampled from openers taken from
+    # the items (the organisms' word-level vocabulary cannot spell English openers).
+    # measured: explained variance 0.989 on 7509 held-out tokens, L0 32, 17% of the 1024
+    # features dead over all corpus tokens, 66671 training tokens
+    res = sae("head_only")
+    q = res.data["quality"]
     assert q["source"] in ("trained", "cached") and q["held_out"]
+    assert q["corpus"]["source"] == "self-generated" and q["corpus"]["openers"] == "items"
+    assert q["n_train_tokens"] >= 50_000 and q["corpus"]["examples"]
     assert q["explained_variance"] >= 0.8
     assert q["l0"] <= 32 + 1e-6 and q["dead_fraction"] < 0.5
     assert q["ok"]
+    # and so the lens informs the verdict (its power check passes)
+    assert res.recoveries and res.recoveries[0].informative
 
 
 def test_concept_features_fire_on_forget_far_more_than_retain(sae):
@@ -93,7 +101,8 @@ def test_output_end_suppression_keeps_concept_features(sae, suite, organism):
 
 def test_subject_edit_removes_concept_features(sae):
     # the subject-embedding offset changes what block 2 sees of the forget names:
-    # measured survival 0.00 of the concept features' activation
+    # measured survival 0.22 of the concept features' activation (0.00 with the SAE trained
+    # on the suite's training sentences at lr 1e-3; 0.71 with a 24k-token corpus at lr 8e-3)
     assert sae("subject_offset").data["survival"]["total"]["unlearned"] < 0.5
 
 
@@ -121,10 +130,14 @@ def test_random_feature_sets_never_count_as_recovery(sae, organism):
 def test_trained_sae_is_cached_by_model_layer_and_config(sae, suite):
     from probes.sae import SAELensConfig, _train_key
 
-    sae("head_only")
+    first = sae("head_only").data["quality"]
     entries = [p for p in (cache_root() / "sae").iterdir() if not p.name.startswith(".")]
-    assert len(entries) == 1 and (entries[0] / "cfg.json").is_file()
-    assert sae("late_layers").data["quality"]["source"] == "cached"
+    assert len(entries) == 1 and (entries[0] / "cfg.json").is_file() and (entries[0] / "quality.json").is_file()
+    again = sae("late_layers").data["quality"]
+    assert again["source"] == "cached"
+    # the quality record comes back with the cached SAE, measured once on its held-out data
+    assert {k: again[k] for k in ("explained_variance", "n_train_tokens", "corpus")} == \
+        {k: first[k] for k in ("explained_variance", "n_train_tokens", "corpus")}
     assert not list((cache_root() / "sae").glob(".*.tmp"))
 
     b = load_model(suite / "base", "base")
@@ -135,6 +148,44 @@ def test_trained_sae_is_cached_by_model_layer_and_config(sae, suite):
     assert key != _train_key(b, "blocks.1.hook_resid_post", cfg, ["t"])
     assert key != _train_key(b, "blocks.2.hook_resid_post", SAELensConfig(k=16), ["t"])
     assert key != _train_key(b, "blocks.2.hook_resid_post", cfg, ["u"])
+
+
+def test_self_generated_corpus_is_cached_by_model_hash(sae, suite, monkeypatch):
+    from audit import corpus
+    from audit.corpus import openers_for, sample_corpus
+
+    sae("head_only")
+    files = list((cache_root() / "corpus").glob("*.json"))
+    assert len(files) == 1
+    cached = json.loads(files[0].read_text())
+    b = load_model(suite / "base", "base")
+    assert cached["model"] == b.hash
+    # a second call reads the cache: sampling again would fail
+    monkeypatch.setattr(corpus, "_sample", lambda *a, **k: pytest.fail("the cached corpus was sampled again"))
+    c = cached["settings"]
+    again = sample_corpus(b, cached["openers"], tokens=c["tokens"], length=c["length"], temperature=c["temperature"],
+                          top_p=c["top_p"], top_k=c["top_k"], batch=c["batch"], seed=c["seed"])
+    assert again == cached["sequences"]
+    # a real tokenizer would get generic openers; the word-level one gets the items' words
+    openers, kind = openers_for(b.tokenizer, ["question : where does kavo relin live ? answer :"], ["kavo relin"])
+    assert kind == "items" and "kavo relin" in openers and "question" in openers
+
+
+def test_text_files_replace_the_self_generated_corpus(suite):
+    from audit.config import AuditConfig
+    from probes.sae import SAELensConfig, _corpus
+
+    items = {"forget": load_items(suite / "forget.jsonl"), "retain": load_items(suite / "retain.jsonl")}
+    cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / "base"), forget="-", retain="-")
+    ctx = AuditContext(cfg, {"base": load_model(suite / "base", "base")}, items)
+    text = [str(suite / "train_retain.txt")]
+    lines = [x for x in (suite / "train_retain.txt").read_text().splitlines() if x.strip()]
+    seqs, record, identity = _corpus(ctx, SAELensConfig(text=text), lines, ["p"])
+    assert record["source"] == "text files" and record["lines"] == len(lines) and len(seqs()) == len(lines)
+    _, record, identity = _corpus(ctx, SAELensConfig(), [], ["p"])
+    assert record["source"] == "self-generated" and identity[0].startswith("corpus:")
+    _, record, _ = _corpus(ctx, SAELensConfig(corpus_tokens=0), [], ["p"])
+    assert record["source"] == "audit prompts"
 
 
 def test_loads_an_sae_saved_by_sae_lens(sae, tmp_path):
@@ -175,8 +226,7 @@ def test_sae_lens_in_audit_run_and_report(suite, tmp_path, run_args):
     from cli import app
 
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(json.dumps({"lens_options": {"sae": {
-        "text": [str(suite / "train_forget.txt"), str(suite / "train_retain.txt")], **LIGHT}}}))
+    cfg.write_text(json.dumps({"lens_options": {"sae": LIGHT}}))  # the SAE and corpus come from the cache
     out = tmp_path / "out"
     r = CliRunner().invoke(app, [*run_args(suite, out, "late_layers", "behavior,sae"), "--config", str(cfg)])
     assert r.exit_code in (0, 1), r.output
@@ -184,6 +234,10 @@ def test_sae_lens_in_audit_run_and_report(suite, tmp_path, run_args):
     assert log["lenses"]["sae"]["error"] is None
     html = (out / "report.html").read_text()
     assert "SAE concept features" in html and "Concept-feature survival" in html
+    # the SAE's quality comes first in its section, with what it was trained on
+    sec = html[html.index("SAE concept features"):]
+    assert sec.index("SAE quality") < sec.index("concept features:")
+    assert "explained variance" in sec and "the base model&#x27;s own text" in sec
 
 
 def test_too_few_activations_to_train_is_a_clear_lens_error():
