@@ -593,7 +593,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
             delta, mask = replicas("unlearned", e, scales, feature_sets)
             prep = _Prepared(U, [forget[i] for i in idx_f])
             met = _metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, delta, mask),
-                                         n_replicas=len(delta)))
+                                         n_replicas=len(delta)), ctx.temperature("unlearned"))
             for j, s in enumerate(scales):
                 r0 = j * n_sets
                 for name in ("accuracy", "soft"):
@@ -636,7 +636,8 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
                 continue
             prep = _Prepared(ctx.models[role], [forget[i] for i in idx_f])
             restored[role][idx_f] = _metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass,
-                                                           edit=_editor(sae, d1, m1), n_replicas=1))[metric][0]
+                                                           edit=_editor(sae, d1, m1), n_replicas=1),
+                                             ctx.temperature(role))[metric][0]
 
     n_st = np.stack([restored[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
     rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
