@@ -694,8 +694,9 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     }
     notes += [
         f"SAE ({quality['architecture']}, {quality['d_sae']} features, {source}) at {hook}: explained variance "
-        f"{quality['explained_variance']:.3f}, L0 {quality['l0']:.1f}, dead {quality['dead_fraction']:.1%} "
+        f"{quality['explained_variance']:.3f}, L0 {quality['l0']:.1f} "
         + ("on held-out sequences" if quality["held_out"] else "on the audit prompts")
+        + f", dead {quality['dead_fraction']:.1%} (over {quality.get('dead_measured_on') or 'the same tokens'})"
         + (f"; trained on {quality['n_train_tokens']} tokens ({quality['corpus']['source']} and the audit prompts)"
            if quality.get("n_train_tokens") else ""),
         f"{len(concept)} concept features by the {cfg.rule} rule; survival = U's (N's) mean per-prompt max code on "
