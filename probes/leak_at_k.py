@@ -44,6 +44,7 @@ from transformers.generation.logits_process import (
 )
 
 from audit.context import AuditContext
+from audit.corpus import plain_hf
 from audit.errors import LensError
 from audit.items import KnowledgeItem
 from audit.progress import progress
@@ -264,8 +265,11 @@ def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
     for role in roles:
         m = ctx.models[role]
         t = time.perf_counter()
+        # a plain HF model on the same weights: the bridge-wrapped ``m.hf`` returns a KV cache
+        # whose later steps differ from a full forward (by ~10 in the logits on the organisms),
+        # so every token after the first would be sampled from wrong logits
         samples = sample_continuations(
-            m.hf, m.tokenizer, [it.prompt for it in items], n=cfg.n, max_new_tokens=max_new,
+            plain_hf(m), m.tokenizer, [it.prompt for it in items], n=cfg.n, max_new_tokens=max_new,
             temperature=cfg.temperature, top_p=cfg.top_p, seed=ctx.seed, max_batch_sequences=cfg.max_batch_sequences,
             device=m.device,
         )

@@ -163,3 +163,22 @@ def test_report_section_shows_the_contrast_for_every_role_and_reads_old_logs():
     page2 = Page()
     leak_at_k_section(page2, LensResult(name="leak_at_k", data=old))
     assert "leak@k over 4 samples" in page2.figures[-1][1] and "<table>" not in page2.parts[-1]
+
+
+def test_sampling_model_reuses_its_kv_cache_correctly(base_model):
+    """leak@k samples several tokens with a KV cache. The bridge-wrapped ``hf`` model returns a
+    cache whose next step differs from a full forward, so leak@k samples through a plain HF
+    model on the same weights: its cached step must equal the full forward."""
+    from audit.corpus import plain_hf
+
+    hf = plain_hf(base_model)
+    assert hf is not base_model.hf or not any("_original_component" in k for k, _ in hf.named_parameters())
+    tok = base_model.tokenizer
+    ids = torch.tensor([tok("question : where does bob live ? answer : paris")["input_ids"]])
+    with torch.no_grad():
+        past = hf(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        step = hf(input_ids=ids[:, -1:], past_key_values=past, use_cache=True).logits[0, -1]
+        full = hf(input_ids=ids).logits[0, -1]
+    assert float((step - full).abs().max()) < 1e-3
+    # the weights are shared, not copied
+    assert hf.get_input_embeddings().weight.data_ptr() == base_model.hf.get_input_embeddings().weight.data_ptr()
