@@ -114,14 +114,15 @@ def _run_tofu(open_suite: Path, tofu: Path, unlearned: str, out: Path) -> tuple[
     args = ["run", "--base", str(open_suite / "base"), "--unlearned", str(open_suite / unlearned),
             "--reference", str(open_suite / "reference_a"), "--forget", str(tofu), "--retain", str(tofu),
             "--qa-template", "question : {question} answer :", "--out", str(out),
-            "--lenses", "behavior,linear_probe"]
+            "--lenses", "behavior,linear_probe,logit_lens"]
     res = runner.invoke(app, args)
     assert res.exit_code in (0, 1), res.output
     log = json.loads((out / "audit_log.json").read_text())
     assert log["status"] == "success" and log["error"] is None, res.output
     assert log["items"]["forget"]["format"] == "tofu" and log["items"]["forget"]["n_items"] == 40
     assert log["items"]["forget"]["split"] == "forget10_perturbed"
-    assert {n: lr["error"] for n, lr in log["lenses"].items()} == {"behavior": None, "linear_probe": None}
+    assert {n: lr["error"] for n, lr in log["lenses"].items()} == {"behavior": None, "linear_probe": None,
+                                                                   "logit_lens": None}
     label = log["verdicts"][0]["label"]
     assert res.exit_code == (0 if label == "DELETED" else 1), (label, res.output)  # the default policy
     assert log["lenses"]["linear_probe"]["data"].get("read_out"), log["lenses"]["linear_probe"]["notes"]
@@ -142,16 +143,16 @@ def test_tofu_layout_open_answers_run_end_to_end(head_only_tofu_log):
     assert head_only_tofu_log["lenses"]["linear_probe"]["data"]["read_out"] == "truth_probe"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the truth probe (183a613) reads these organisms at chance: B 0.27 vs N 0.23, not informative. "
-    "Their knowledge sits at the prompt's last token, along B's unembedding rows: 1.00 there vs N 0.30 "
-    "(docs/calibration.md, Open-answer organisms). Remove this mark when a read-out there lands."))
 def test_tofu_layout_open_answers_have_an_informative_representation_reading(head_only_tofu_log):
-    probe = head_only_tofu_log["lenses"]["linear_probe"]
-    informative = [r for r in probe["recoveries"] if r["informative"]]
+    # the truth probe reads these organisms at chance (B 0.27 vs N 0.23 at 183a613; see
+    # docs/calibration.md): their knowledge sits at the prompt's last token along B's
+    # unembedding rows, which the logit lens's base-head read-out reads for any answer string
+    probe = head_only_tofu_log["lenses"]["logit_lens"]
+    informative = [r for r in probe["recoveries"] if r["informative"] and r["reading"].startswith("base head")]
     assert informative, (probe["notes"], probe["recoveries"])
     # B reads far above N, and U (B's trunk under a retrained head) as B: SUPPRESSED, its construction truth
-    assert max(r["score_base"] - r["score_reference"] for r in informative) >= 0.15, informative
+    assert max(r["score_base"] - r["score_reference"] for r in informative) >= 0.5, informative
+    assert max(r["ci_low"] for r in informative) > 0.3, informative
     assert head_only_tofu_log["verdicts"][0]["label"] == "SUPPRESSED", head_only_tofu_log["verdicts"][0]["reason"]
 
 
@@ -159,6 +160,8 @@ def test_tofu_layout_never_trained_u_recovers_nothing(open_suite, tofu_dir, tmp_
     # a never-trained U (reference_b) is no false alarm: the representation reading's CI covers
     # 0 (measured: crossfit truth probe -0.25, CI -1.42 to 0.24) and the verdict is not SUPPRESSED
     log, _, label = _run_tofu(open_suite, tofu_dir, "reference_b", tmp_path / "run")
-    primary = [r for r in log["lenses"]["linear_probe"]["recoveries"] if r["kind"] == "primary"]
-    assert primary and all(r["ci_low"] <= 0 <= r["ci_high"] for r in primary), primary
+    for lens in ("linear_probe", "logit_lens"):
+        primary = [r for r in log["lenses"][lens]["recoveries"] if r["kind"] == "primary" and r["informative"]]
+        assert all(r["ci_low"] <= 0 <= r["ci_high"] for r in primary), (lens, primary)
+    assert any(r["informative"] for r in log["lenses"]["logit_lens"]["recoveries"])
     assert label in ("DELETED", "INCONCLUSIVE"), log["verdicts"][0]["reason"]
