@@ -74,6 +74,8 @@ class AuditContext:
         so a model that differs from another only in being more or less peaked (an
         unembedding scaled by 2 reads 2) reads the same: sharpness is not knowledge.
         """
+        if not self.items.get("retain"):  # nothing to read sharpness on: read as is
+            return 1.0
         if role not in self._temperatures:
             base = logit_scale(self.score("base", "retain").candidate_logprobs)
             own = logit_scale(self.score(role, "retain").candidate_logprobs)
