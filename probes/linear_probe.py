@@ -463,6 +463,17 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     base_data = {"read_out": read_out, "label_history_bias": truth_bias, "first_token_labels": False, "metric": cfg.metric,
                  "chance": float(ctx.chance("forget")[rows_f].mean()) if len(rows_f) else None,
                  "classifier_criterion": why}
+    retain_answers = {r[0] for r in cr}
+    shared = float(np.mean([c[0] in retain_answers for c in cf])) if cf else 0.0
+    if not readers and cfg.read_out == "auto" and read_out == "truth_probe" and shared >= 0.25:
+        # the answers repeat, only too few of them fall in the training items for the
+        # criterion (e.g. a small sample of a closed set: at least a quarter of the forget
+        # answers are retain answers): the classifier reads what it can, as before
+        res = linear_probe(ctx, cfg.model_copy(update={"read_out": "classifier"}))
+        res.config = cfg.model_dump()
+        res.notes = [*notes, "no truth-probe scheme can be fit: the closed-set classifier reads the answers that "
+                     "its training items share", *res.notes]
+        return res
     if not readers:
         notes.append(f"no {read_out} scheme can be fit on these items: the lens reads nothing (uninformative)")
         # empty curves (gaps) rather than no panel: the report draws one panel per scheme
