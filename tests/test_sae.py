@@ -8,6 +8,7 @@ text; no ``text`` file), quoted per test.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -130,10 +131,16 @@ def test_random_feature_sets_never_count_as_recovery(sae, organism):
 def test_trained_sae_is_cached_by_model_layer_and_config(sae, suite):
     from probes.sae import SAELensConfig, _train_key
 
+    # the session's cache is shared: earlier tests may have trained SAEs of other configs (or this one)
+    def entries() -> set[Path]:
+        d = cache_root() / "sae"
+        return {p for p in d.iterdir() if not p.name.startswith(".")} if d.is_dir() else set()
+
     first = sae("head_only").data["quality"]
-    entries = [p for p in (cache_root() / "sae").iterdir() if not p.name.startswith(".")]
-    assert len(entries) == 1 and (entries[0] / "cfg.json").is_file() and (entries[0] / "quality.json").is_file()
+    made = entries()
+    assert made and all((e / "cfg.json").is_file() and (e / "quality.json").is_file() for e in made)
     again = sae("late_layers").data["quality"]
+    assert entries() == made  # nothing trained again
     assert again["source"] == "cached"
     # the quality record comes back with the cached SAE, measured once on its held-out data
     assert {k: again[k] for k in ("explained_variance", "n_train_tokens", "corpus")} == \
@@ -155,11 +162,11 @@ def test_self_generated_corpus_is_cached_by_model_hash(sae, suite, monkeypatch):
     from audit.corpus import openers_for, sample_corpus
 
     sae("head_only")
-    files = list((cache_root() / "corpus").glob("*.json"))
-    assert len(files) == 1
-    cached = json.loads(files[0].read_text())
     b = load_model(suite / "base", "base")
-    assert cached["model"] == b.hash
+    # the session's cache is shared with earlier tests: the base model's corpus is there, by its hash
+    files = [f for f in (cache_root() / "corpus").glob("*.json") if json.loads(f.read_text())["model"] == b.hash]
+    assert files
+    cached = json.loads(max(files, key=lambda f: f.stat().st_mtime).read_text())
     # a second call reads the cache: sampling again would fail
     monkeypatch.setattr(corpus, "_sample", lambda *a, **k: pytest.fail("the cached corpus was sampled again"))
     c = cached["settings"]
