@@ -77,7 +77,6 @@ items_app = typer.Typer(no_args_is_help=True, help="Forget and retain sets: chec
 app.add_typer(items_app, name="items")
 models_app = typer.Typer(no_args_is_help=True, help="Real pretrained models, fetched for offline use.")
 app.add_typer(models_app, name="models")
-console = Console(stderr=True)
 
 LABEL_STYLE = {"DELETED": "green", "SUPPRESSED": "yellow", "NOT_UNLEARNED": "red", "INCONCLUSIVE": "dim"}
 
@@ -262,7 +261,7 @@ def lenses_cmd() -> None:
     for col in ("lens", "what it reads", "options"):
         table.add_column(col)
     for name, spec in available_lenses().items():
-        table.add_row(name, spec.description, ", ".join(spec.config_cls.model_fields))
+        table.add_row(Text(name), Text(spec.description), Text(", ".join(spec.config_cls.model_fields)))
     Console().print(table)
 
 
@@ -374,11 +373,11 @@ def organisms_build(
         out = out or Path("organisms_open" if open_answers else "organisms")
         cfg = open_answer_suite(seed) if open_answers else SuiteConfig(seed=seed, methods=methods)
         man = build_suite(out, cfg, force=force)
-    table = Table(title=f"Organism suite {out}")
+    table = Table(title=Text(f"Organism suite {out}"))
     for col in ("checkpoint", "role", "truth", "forget", "forget greedy", "retain"):
         table.add_column(col)
     for name, c in man["checkpoints"].items():
-        table.add_row(name, c["role"], str(c["truth"] or "—"), f"{c['forget_score']:.2f}",
+        table.add_row(Text(name), Text(c["role"]), Text(str(c["truth"] or "—")), f"{c['forget_score']:.2f}",
                       f"{c['forget_greedy']:.2f}", f"{c['retain_score']:.2f}")
     Console().print(table)
 
@@ -416,14 +415,16 @@ def organisms_audit(
         rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed)
     except InputError as e:
         _fail(e)
-    table = Table(title=f"Verdicts on the organism suite {suite}")
+    table = Table(title=Text(f"Verdicts on the organism suite {suite}"))
     for col in ("organism", "ground truth", "verdict", "deletion score", "reason"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["organism"], str(r["truth"] or "(attack-verified)"),
-                      f"[{LABEL_STYLE[r['verdict']]}]{r['verdict']}[/]", f"{r['deletion_score']:.2f}", r["reason"])
+        # organism names and reasons are data: Text, never markup (a reason may hold "[/x]")
+        table.add_row(Text(r["organism"]), Text(str(r["truth"] or "(attack-verified)")),
+                      Text(r["verdict"], style=LABEL_STYLE.get(r["verdict"], "")), f"{r['deletion_score']:.2f}",
+                      Text(r["reason"]))
     Console(width=160).print(table)
-    console.print(f"reports: {out}/<organism>/report.html; summary: {out}/summary.json")
+    _say(f"reports: {out}/<organism>/report.html; summary: {out}/summary.json")
 
 
 @app.command("calibrate")
@@ -454,20 +455,20 @@ def calibrate_cmd(
     if res["summary"].get("no_reference"):
         tables.append((", reference withheld", res["summary"]["no_reference"]))
     for what, s in tables:
-        table = Table(title=f"Calibration ({preset}{what}): truth × verdict on construction organisms")
+        table = Table(title=Text(f"Calibration ({preset}{what}): truth × verdict on construction organisms"))
         table.add_column("truth")
         for lab in labels:
             table.add_column(lab)
         for t, row in s["confusion"].items():
-            table.add_row(t, *(str(row[lab]) for lab in labels))
+            table.add_row(Text(t), *(str(row[lab]) for lab in labels))
         Console().print(table)
         auroc = s["deletion_score_auroc"]
         nt = s["never_trained"]
-        console.print(f"correct {s['n_correct']}/{s['n_construction']}; SUPPRESSED labelled DELETED: "
-                      f"{s['suppressed_called_deleted']}; never-trained labelled SUPPRESSED or NOT_UNLEARNED: "
-                      f"{nt['called_suppressed_or_not_unlearned']}/{nt['n']}; deletion-score AUROC "
-                      f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
-    console.print(f"report: {out / 'calibration.html'}")
+        _say(f"correct {s['n_correct']}/{s['n_construction']}; SUPPRESSED labelled DELETED: "
+             f"{s['suppressed_called_deleted']}; never-trained labelled SUPPRESSED or NOT_UNLEARNED: "
+             f"{nt['called_suppressed_or_not_unlearned']}/{nt['n']}; deletion-score AUROC "
+             f"{'n/a' if auroc is None else f'{auroc:.3f}'}")
+    _say(f"report: {out / 'calibration.html'}")
 
 
 _CONSOLE_SCRIPT = False
