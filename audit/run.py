@@ -16,6 +16,7 @@ from audit.items import items_hash, load_item_set
 from audit.models import check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
+from audit.quiet import CaughtWarnings, quiet_warnings
 from audit.registry import expand_lenses, get_lens
 from audit.resume import PartialStore, lens_key
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
@@ -91,11 +92,17 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
     """Audit one (base, unlearned, reference) triple on a forget and a retain set.
 
     Writes ``audit_log.json`` (and ``report.html`` when ``render``) into ``config.out``
-    and returns the log.
+    and returns the log. Library warnings raised meanwhile are not printed: each distinct
+    one is in the log's ``notes`` once, with its count (:mod:`audit.quiet`).
 
     Raises:
         InputError: bad checkpoints, items, lens names or options (nothing is written).
     """
+    with quiet_warnings() as caught:
+        return _run(config, render=render, policy=policy, caught=caught)
+
+
+def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: CaughtWarnings) -> AuditLog:
     import torch
 
     t0 = time.perf_counter()
@@ -210,6 +217,7 @@ def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = Non
                      "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
     )
     log.policy_result = evaluate(log, policy)
+    log.notes += caught.notes()
     out = Path(config.out)
     write_log(log, out / "audit_log.json")
     if render:

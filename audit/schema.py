@@ -172,6 +172,9 @@ class AuditLog(BaseModel):
     """The policy applied (thresholds, required lenses, failing labels)."""
     policy_result: dict[str, Any] = Field(default_factory=dict)
     """``{"passed": bool, "failures": [...]}``; ``audit run`` exits 1 when it failed."""
+    notes: list[str] = Field(default_factory=list)
+    """Run-level caveats: each distinct library warning caught during the run, once, with
+    its count (``audit.quiet``), instead of on the terminal."""
     error: str | None = None
     """What stopped the run, if anything."""
 
