@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -178,6 +179,8 @@ BAD_RUN = {
     "item file not UTF-8": (lambda s, d: {"forget": _write(d, "f.jsonl", b'{"id": "\xff"}\n')}, "not UTF-8 text"),
     "item with markup in its id": (lambda s, d: {"forget": _items_with(s, d, 2, id="[bold]x[/]", distractors=["[/x]"])},
                                    "item '[bold]x[/]' has 1 distractors"),
+    "prompt beyond the context window": (lambda s, d: {"forget": _items_with(s, d, 3, prompt="Mara lives in " * 30)},
+                                         "reads at most 64"),
     "candidates tokenize identically": (lambda s, d: {"forget": _items_with(s, d, 2, distractors=OOV)},
                                         "tokenize identically"),
     "identical_candidates not a mode": (lambda s, d: {"identical_candidates": "[b]keep"},
@@ -384,7 +387,10 @@ def test_memory_stays_bounded_on_hostile_input(case, suite, earlier, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(earlier, out)
     before = _snapshot(out)
+    t = time.perf_counter()
     rc, err, peak = _capped_cli(_args(suite, out, {"out": out, **make(suite, tmp_path)}), tmp_path)
+    # -s prints what docs/reliability.md reports
+    print(f"memory row {case!r}: exit {rc}, peak RSS {peak / 2**20:.0f} MiB, {time.perf_counter() - t:.1f} s")
     assert rc == 2, err[-2000:]
     assert message in err and "Traceback" not in err, err[-2000:]
     assert peak < RSS_BOUND, f"peak RSS {peak / 2**20:.0f} MiB"
