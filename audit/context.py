@@ -17,6 +17,36 @@ from audit.scoring import ScoreResult, logit_scale, score_items
 from audit.stats import cluster_ids, recovery
 
 ROLES = ("base", "unlearned", "reference")
+PRIOR_PLACEHOLDERS = 4
+"""Names no model saw, per item, that :meth:`AuditContext.prior_logprobs` averages over."""
+
+
+def placeholder_names(pool: list[str], known: set[str], k: int, seed: int) -> list[str]:
+    """``k`` names built from parts of other subjects, none of them a subject any model may know.
+
+    Multi-word subjects give the first word of one and the last word of another
+    ("davair brupin" + "kaistoux maigai" -> "davair maigai"); one-word subjects the first
+    half of one and the second half of another ("Albania" + "Austria" -> "Albtria"). A name
+    equal (case-insensitively) to any subject of the item sets is skipped. The parts come
+    from the scored set's own subjects, so they look like its names and no model knows the
+    combination: a model that never learned the facts and one that did see the same
+    unknown person.
+    """
+    rng = np.random.default_rng(abs(int(seed)) % (2**63))
+    out: list[str] = []
+    for _ in range(20 * k):
+        if len(out) == k:
+            break
+        a, b = rng.choice(len(pool), size=2, replace=False)
+        wa, wb = pool[int(a)].split(), pool[int(b)].split()
+        if len(wa) > 1 and len(wb) > 1:
+            name = " ".join([*wa[:-1], wb[-1]])
+        else:
+            x, y = pool[int(a)], pool[int(b)]
+            name = x[: max(1, len(x) // 2)] + y[len(y) // 2 :]
+        if name.strip().lower() not in known and name not in out:
+            out.append(name)
+    return out
 
 
 @dataclass
@@ -33,6 +63,8 @@ class AuditContext:
     _scores: dict[tuple[str, str], ScoreResult] = field(default_factory=dict)
     _temperatures: dict[str, float] = field(default_factory=dict)
     _acts: dict[tuple[str, str], Activations] = field(default_factory=dict)
+    _priors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    _placeholders: dict[str, list[list[KnowledgeItem] | None]] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
@@ -82,6 +114,72 @@ class AuditContext:
             t = own / base if np.isfinite(own) and np.isfinite(base) and own > 0 and base > 0 else 1.0
             self._temperatures[role] = float(np.clip(t, 0.05, 20.0))
         return self._temperatures[role]
+
+    def placeholder_items(self, item_set: str = "forget") -> list[list[KnowledgeItem] | None]:
+        """Per item, copies of it whose subject is replaced by names no model saw
+        (``PRIOR_PLACEHOLDERS`` of them), or ``None`` where the item names no subject in its
+        prompt. See :func:`placeholder_names`."""
+        if item_set not in self._placeholders:
+            items = self.items[item_set]
+            known = {it.subject.strip().lower() for s in self.items.values() for it in s if it.subject}
+            pool = sorted({it.subject.strip() for it in items if it.subject and it.subject.strip()})
+            out: list[list[KnowledgeItem] | None] = []
+            for i, it in enumerate(items):
+                subj = (it.subject or "").strip()
+                if not subj or subj not in it.prompt or len(pool) < 3:
+                    out.append(None)
+                    continue
+                names = placeholder_names(pool, known, PRIOR_PLACEHOLDERS, seed=self.seed * 100_003 + i)
+                if not names:
+                    out.append(None)
+                    continue
+                out.append([it.model_copy(update={
+                    "prompt": it.prompt.replace(subj, n),
+                    "question": it.question.replace(subj, n) if it.question else it.question,
+                }) for n in names])
+            self._placeholders[item_set] = out
+        return self._placeholders[item_set]
+
+    def prior_logprobs(self, role: str, item_set: str = "forget") -> np.ndarray:
+        """Per item and candidate, the model's log-prob of the candidate when the subject is
+        replaced by names no model saw: its prior over answer values (``[item, candidate]``,
+        the mean log-prob over the placeholders; 0 where an item has none). The mean of
+        log-probs, not of probabilities, keeps the calibrated ranking unchanged by the
+        model's sharpness: scaling the unembedding scales every difference alike.
+
+        Subtracting it from the item's own candidate log-probs (contextual calibration, Zhao
+        et al. 2021) leaves what the model says about *this* subject: a model that only
+        prefers some answer values, whatever the subject, reads at chance.
+        """
+        key = (role, item_set)
+        if key not in self._priors:
+            ph = self.placeholder_items(item_set)
+            items = self.items[item_set]
+            width = max((len(it.candidates) for it in items), default=1)
+            out = np.zeros((len(items), width))
+            flat = [(i, c) for i, cs in enumerate(ph) if cs for c in cs]
+            if flat:
+                m = self.models[role]
+                s = score_items(m.forward, m.tokenizer, [c for _, c in flat], batch_size=self.config.batch_size,
+                                device=m.device, model_name=f"{role} model ({m.path}), subject replaced")
+                rows: dict[int, list[list[float]]] = {}
+                for (i, _), lp in zip(flat, s.candidate_logprobs, strict=True):
+                    rows.setdefault(i, []).append(lp)
+                for i, lps in rows.items():
+                    a = np.asarray(lps, dtype=float)
+                    out[i, : a.shape[1]] = a.mean(axis=0)
+            self._priors[key] = out
+        return self._priors[key]
+
+    def calibrated(self, role: str, item_set: str = "forget") -> list[list[float]]:
+        """The item's candidate log-probs minus :meth:`prior_logprobs` (per item, per candidate)."""
+        raw = self.score(role, item_set).candidate_logprobs
+        prior = self.prior_logprobs(role, item_set)
+        return [(np.asarray(r, dtype=float) - prior[i, : len(r)]).tolist() for i, r in enumerate(raw)]
+
+    def calibrated_items(self, item_set: str = "forget") -> int:
+        """How many items of the set have a prior read with placeholder subjects."""
+        return sum(x is not None for x in self.placeholder_items(item_set))
 
     def activations(self, role: str, item_set: str) -> Activations:
         """All layers' residual activations of a model on an item set (cached on disk)."""

@@ -7,11 +7,16 @@ import numpy as np
 from audit.context import AuditContext
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
+from audit.scoring import candidate_logprobs_to_result, soft_share
 
 
 class BehaviorConfig(LensConfig):
     n_boot: int = 1000
     """Bootstrap resamples for recovery CIs."""
+    prior_calibration: bool = True
+    """Read the ranking on candidate log-probs minus the model's own with the item's subject
+    replaced by names no model saw (its prior over answer values), so a prior alone earns
+    chance. Items that name no subject in their prompt are read as they are."""
 
 
 @register_lens("behavior", BehaviorConfig, "ranking of the answer among candidates, and greedy exact match")
@@ -28,13 +33,30 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     gd = f["unlearned"].greedy_distractors
     if gd is None:
         gd = np.zeros(len(ctx.items["forget"]))
+    # the ranking readings are read on prior-calibrated candidate log-probs: each model's
+    # log-probs minus its own with the subject replaced by names no model saw, so a model that
+    # prefers some answer values whatever the subject (a skewed prior) reads at chance
+    # (docs/verdict.md, "knowledge-free nulls")
+    cal = {r: ctx.calibrated(r, "forget") for r in ctx.roles} if cfg.prior_calibration else {}
+    ranked = {r: (candidate_logprobs_to_result(cal[r], s.greedy).correct if cal else s.correct) for r, s in f.items()}
+    soft = {r: (soft_share(cal[r], temps[r]) if cal else s.soft_at(temps[r])) for r, s in f.items()}
+    n_cal = ctx.calibrated_items("forget") if cal else 0
+    null = None
+    if cal and n_cal:  # a calibrated model without knowledge ranks at chance; uncalibrated items keep the answer prior
+        done = np.array([x is not None for x in ctx.placeholder_items("forget")])
+        null = np.where(done, ctx.chance("forget"), ctx.null("forget"))
+    data["prior_calibration"] = {"items": n_cal, "of": len(ctx.items["forget"]), "enabled": bool(cfg.prior_calibration)}
+    if cal:
+        data["prior_calibration"]["score"] = {r: float(np.mean(v)) for r, v in ranked.items()}
     recs = [
-        ctx.recovery({r: s.correct for r, s in f.items()}, reading="ranking", n_boot=cfg.n_boot),
+        ctx.recovery(ranked, reading="ranking", n_boot=cfg.n_boot, null=null,
+                     null_name="chance after removing the prior" if null is not None else "answer prior"),
         # the same ranking read continuously (the answer's probability share among the
         # candidates): tight enough a CI to show U inside the deletion band (docs/verdict.md)
         # at each model's own temperature, fitted on retain items, so a model that is only
         # more or less peaked (a scaled unembedding) reads the same (docs/verdict.md)
-        ctx.recovery({r: s.soft_at(temps[r]) for r, s in f.items()}, reading="ranking (soft)", n_boot=cfg.n_boot),
+        ctx.recovery(soft, reading="ranking (soft)", n_boot=cfg.n_boot, null=null,
+                     null_name="chance after removing the prior" if null is not None else "answer prior"),
         # without N, greedy's knowledge-free end point is how often U greedily emits one
         # distractor: a model naming a candidate from its prior alone names the answer as often
         ctx.recovery({r: s.greedy for r, s in f.items()}, reading="greedy", n_boot=cfg.n_boot,
@@ -51,14 +73,18 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     data["per_item"] = {
         "ids": [it.id for it in ctx.items["forget"]],
         "readings": {
-            "ranking": {role: s.correct.astype(float).tolist() for role, s in f.items()},
-            "ranking (soft)": {role: s.soft_at(temps[role]).round(6).tolist() for role, s in f.items()},
+            "ranking": {role: np.asarray(ranked[role], dtype=float).tolist() for role in f},
+            "ranking (soft)": {role: np.asarray(soft[role]).round(6).tolist() for role in f},
             "greedy": {role: s.greedy.astype(float).tolist() for role, s in f.items()},
         },
     }
     if not ctx.has_reference:  # the end points used, so group verdicts re-score with the same ones
         data["per_item"]["readings"]["greedy"]["null"] = gd.tolist()
+        if null is not None:
+            data["per_item"]["readings"]["ranking"]["null"] = null.tolist()
+            data["per_item"]["readings"]["ranking (soft)"]["null"] = null.tolist()
     notes = [] if ctx.has_reference else [
-        "no reference model: the knowledge-free end points are estimates: the answer prior of the item set "
-        "(ranking) and U's greedy rate on one distractor (greedy)"]
+        "no reference model: the knowledge-free end points are estimates: chance after removing each model's "
+        "prior (ranking, where items name a subject; elsewhere the answer prior of the item set) and U's greedy "
+        "rate on one distractor (greedy)"]
     return LensResult(name="behavior", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

@@ -32,12 +32,10 @@ REFERENCES = {"reference_b_t05": ["reference_b"], "reference_b_t2": ["reference_
 SUPPRESSED = ("late_layers", "head_only")
 FLOAT_TOL = 1e-6
 # Readings measured to miss the null, kept visible (xfail names the measured value) rather
-# than dropped: the hard (0/1) ranking of the skewed-prior model sits below the two
-# references' mean, -0.11 (CI -0.25 to -0.02) on the demo suite. Its soft ranking, greedy
-# and every other lens cover 0; the verdict is not SUPPRESSED (the inverted-U rule needs a
-# CI below -tau_d) but DELETED is blocked. Either the answer prior or the spread between
-# never-trained models that two references cannot estimate; see the issue-16 note.
-KNOWN_MISSES = {("reference_skewed", "behavior", "ranking"): "hard ranking of a skewed-prior never-trained model"}
+# than dropped. Empty since behavior's ranking is read with each model's prior removed
+# (docs/verdict.md): before that, the skewed-prior model's hard ranking read -0.11
+# (CI -0.25 to -0.02) against the two references on the demo suite.
+KNOWN_MISSES: dict[tuple[str, str, str], str] = {}
 # lenses that return no recoveries by design (support only)
 NO_RECOVERY = {"similarity"}
 LIGHT = {
