@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -85,15 +86,38 @@ def _setup() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     for noisy in ("transformers", "transformer_lens", "httpx", "huggingface_hub"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
+    # torch's own level is set when its import completes; one cut short by Ctrl-C leaves its
+    # INFO lines (e.g. the FakeTensor cache stats an atexit handler logs) to the root logger
+    logging.getLogger("torch").setLevel(logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+REPEAT_GRACE_S = 5.0
+"""After the first Ctrl-C / SIGTERM, further ones within this many seconds are ignored, so
+the cleanup the first one started (temp files removed, handlers restored) runs to the
+end; one that comes later still interrupts (the first may have been swallowed)."""
+
+_interrupted: dict[str, float] = {}
+"""The signal that interrupted this process's command, and when (set by :func:`_interruptible`)."""
+
+
 @contextmanager
-def _interruptible(caught: dict[str, int]) -> Iterator[None]:
-    """Turn SIGTERM (like SIGINT) into KeyboardInterrupt, recording in ``caught`` which came."""
+def _interruptible(caught: dict[str, float]) -> Iterator[None]:
+    """Turn SIGTERM (like SIGINT) into KeyboardInterrupt, recording in ``caught`` which came.
+
+    A repeated signal within :data:`REPEAT_GRACE_S` of the last one raised is ignored
+    (three quick Ctrl-C presses are one interruption). As a console script, once
+    interrupted the signals stay ignored on the way out instead of being restored, so
+    nothing between here and the exit can raise a second ``KeyboardInterrupt``.
+    """
 
     def handler(signum, frame):
-        caught["signal"] = signum
+        now = time.monotonic()
+        if "signal" in caught and now - caught["at"] < REPEAT_GRACE_S:
+            return
+        caught.update(signal=signum, at=now)
+        if _CONSOLE_SCRIPT:
+            _interrupted.update(caught)
         raise KeyboardInterrupt
 
     try:
@@ -103,8 +127,11 @@ def _interruptible(caught: dict[str, int]) -> Iterator[None]:
     try:
         yield
     finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        if previous and _CONSOLE_SCRIPT and "signal" in caught:
+            _ignore_signals()
+        else:
+            for s, h in previous.items():
+                signal.signal(s, h)
 
 
 def _split(s: Optional[str]) -> Optional[list[str]]:
@@ -151,32 +178,31 @@ def run_cmd(
     Exit code 0: the policy passed; 1: it failed; 2: bad input or usage.
     """
     _setup()
-    from audit.config import load_config
-    from audit.run import run
-
-    cfg, caught = None, {"signal": int(signal.SIGINT)}
+    cfg, caught = None, {}
     try:
-        cfg = load_config(config, {
-            "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
-            "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
-            "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
-            "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
-            "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
-            "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
-            "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
-        })
-        with _interruptible(caught):
+        with _interruptible(caught):  # from the first import of torch on
+            from audit.config import load_config
+            from audit.run import run
+
+            cfg = load_config(config, {
+                "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
+                "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
+                "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
+                "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
+                "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
+                "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
+                "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
+            })
             log = run(cfg)
     except InputError as e:
         _fail(e)
     except KeyboardInterrupt:
-        if _CONSOLE_SCRIPT:  # a second Ctrl-C while we say goodbye must not print a traceback
-            _ignore_signals()
-        name = signal.Signals(caught["signal"]).name
+        # as a console script the signals are ignored from here on (see _interruptible)
+        signum = int(caught.get("signal", signal.SIGINT))
         kept = Path(cfg.out) / ".partial" if cfg is not None else "the output folder's .partial"
-        _say(f"interrupted ({name}): previous results are untouched; completed lenses are kept in {kept}; "
-             "rerun with --resume to continue", "red")
-        raise typer.Exit(128 + caught["signal"]) from None
+        _say(f"interrupted ({signal.Signals(signum).name}): previous results are untouched; completed lenses "
+             f"are kept in {kept}; rerun with --resume to continue", "red")
+        raise typer.Exit(128 + signum) from None
     assert cfg is not None
     table = Table(title="Verdict")
     for col in ("scope", "label", "deletion score", "reason"):
@@ -487,13 +513,43 @@ def _ignore_signals() -> None:
 def main() -> None:
     """The console script: once the command has ended (or been interrupted), a further
     Ctrl-C or SIGTERM while the interpreter shuts down (atexit handlers of torch and
-    friends) is ignored, so it never prints a traceback over the command's own message."""
+    friends) is ignored, so it never prints a traceback over the command's own message.
+
+    An interrupted ``audit run`` leaves through :func:`_exit_interrupted`, which keeps
+    its exit code 130 / 143 whatever the interpreter noted on the way.
+    """
     global _CONSOLE_SCRIPT
     _CONSOLE_SCRIPT = True
     try:
         app()
+    except SystemExit as e:
+        _ignore_signals()
+        if _interrupted:
+            _exit_interrupted(e.code if isinstance(e.code, int) else 128 + int(_interrupted["signal"]))
+        raise
     finally:
         _ignore_signals()
+
+
+def _exit_interrupted(code: int) -> None:
+    """Run the atexit handlers (signals ignored), flush, and exit with ``code`` at once.
+
+    Not an ordinary ``sys.exit``: CPython 3.11 marks a ``KeyboardInterrupt`` that passes
+    through an ``exec`` of source text (``dataclasses`` builds every ``__init__`` that way,
+    so any lazy import can be where Ctrl-C lands) as unhandled even once it is caught,
+    and ``python -m cli`` then ends by re-raising SIGINT on itself (exit -2, not 130).
+    """
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # a closed or broken pipe: nothing more to say
+                pass
+        os._exit(code)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """One progress interface for the whole library.
 
 Rich bars when stderr is a terminal, plain log lines otherwise (CI), nothing when
-silenced. Library code never prints; it opens a :func:`progress` context instead.
+silenced. A description is printed as text, never as rich markup (``[/x]`` in a model
+path is shown as is). Library code never prints; it opens a :func:`progress` context instead.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ def progress(desc: str, total: int | None = None) -> Iterator[_Bar]:
     bar = _Bar(desc, total)
     enabled = _state["enabled"]
     if enabled and sys.stderr.isatty():
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+        # the description is data (a model path, an organism's name): text, never markup;
+        # the bar goes where the check above looked, stderr (stdout is for results)
         with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            transient=True,
+            TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), transient=True, console=Console(stderr=True),
         ) as p:
             bar._rich, bar._task = p, p.add_task(desc, total=total)
             yield bar
@@ -60,7 +64,8 @@ def progress(desc: str, total: int | None = None) -> Iterator[_Bar]:
         msg = f"{desc}: {bar.n}{'/' + str(total) if total else ''} in {time.perf_counter() - bar._t0:.1f}s"
         if sys.stderr.isatty():
             from rich.console import Console
+            from rich.text import Text
 
-            Console(stderr=True).print(f"[dim]{msg}[/dim]")
+            Console(stderr=True).print(Text(msg, style="dim"))
         else:
             log.info(msg)

@@ -1,5 +1,6 @@
 """A quiet terminal (issue #23): library warnings during a run go to the log's notes once
-each, with their count, not to the terminal; user text in the CLI's tables is never markup.
+each, with their count, not to the terminal; user text in the CLI's tables and in
+progress bars is never markup.
 
 The warnings are printed to stderr by a ``showwarning`` the test installs (pytest would
 otherwise capture them itself), so a run that let them through fails the test.
@@ -8,7 +9,9 @@ otherwise capture them itself), so a run that let them through fails the test.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
+import re
 import sys
 import warnings
 
@@ -129,3 +132,27 @@ def test_organisms_audit_prints_reasons_as_text(monkeypatch, tmp_path):
     for text in ("odd[/x]", "[bold]DELETED", "SUPPRESSED", "probe [/x] and [bold]steering[/bold] recover",
                  "s[/y]", "o[/z]/<organism>/report.html"):
         assert text in out, (text, res.output)
+
+
+class _Terminal(io.StringIO):
+    """A stderr that says it is a terminal, so progress draws rich bars into it."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_prints_its_description_as_text(monkeypatch):
+    from audit.progress import progress, set_progress
+
+    for var in ("TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TERM", "xterm")
+    term = _Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    set_progress(True)
+    desc = "capture /models/[/x]/ckpt [bold]b[/bold] {task}"
+    with progress(desc, total=3) as bar:  # used to raise MarkupError (and drop the [bold])
+        bar.advance(3)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", term.getvalue())
+    assert f"{desc} " in plain  # the bar, drawn on stderr
+    assert f"{desc}: 3/3 in " in plain  # the line it leaves
