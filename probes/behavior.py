@@ -9,6 +9,8 @@ from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
 from audit.scoring import candidate_logprobs_to_result, soft_share
 
+RANKING_PRIOR_REMOVED = "ranking (prior removed)"
+
 
 class BehaviorConfig(LensConfig):
     n_boot: int = 1000
@@ -45,18 +47,26 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     if cal and n_cal:  # a calibrated model without knowledge ranks at chance; uncalibrated items keep the answer prior
         done = np.array([x is not None for x in ctx.placeholder_items("forget")])
         null = np.where(done, ctx.chance("forget"), ctx.null("forget"))
+    null_name = "chance after removing the prior" if null is not None else "answer prior"
     data["prior_calibration"] = {"items": n_cal, "of": len(ctx.items["forget"]), "enabled": bool(cfg.prior_calibration)}
     if cal:
         data["prior_calibration"]["score"] = {r: float(np.mean(v)) for r, v in ranked.items()}
-    recs = [
-        ctx.recovery(ranked, reading="ranking", n_boot=cfg.n_boot, null=null,
-                     null_name="chance after removing the prior" if null is not None else "answer prior"),
-        # the same ranking read continuously (the answer's probability share among the
-        # candidates): tight enough a CI to show U inside the deletion band (docs/verdict.md)
+    raw_rank = ctx.recovery({r: s.correct for r, s in f.items()}, reading="ranking", n_boot=cfg.n_boot)
+    recs = []
+    if cal:
+        # what U says, as it is: read only by the NOT_UNLEARNED rule (kind "gate"), since a
+        # prior over answer values moves it without knowledge (docs/verdict.md)
+        raw_rank.kind = "gate"
+        recs += [raw_rank, ctx.recovery(ranked, reading=RANKING_PRIOR_REMOVED, n_boot=cfg.n_boot, null=null,
+                                        null_name=null_name)]
+    else:
+        recs.append(raw_rank)
+    recs += [
+        # the ranking read continuously (the answer's probability share among the candidates,
+        # prior removed where calibrated): tight enough a CI to show U inside the deletion band
         # at each model's own temperature, fitted on retain items, so a model that is only
         # more or less peaked (a scaled unembedding) reads the same (docs/verdict.md)
-        ctx.recovery(soft, reading="ranking (soft)", n_boot=cfg.n_boot, null=null,
-                     null_name="chance after removing the prior" if null is not None else "answer prior"),
+        ctx.recovery(soft, reading="ranking (soft)", n_boot=cfg.n_boot, null=null, null_name=null_name),
         # without N, greedy's knowledge-free end point is how often U greedily emits one
         # distractor: a model naming a candidate from its prior alone names the answer as often
         ctx.recovery({r: s.greedy for r, s in f.items()}, reading="greedy", n_boot=cfg.n_boot,
@@ -73,7 +83,9 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     data["per_item"] = {
         "ids": [it.id for it in ctx.items["forget"]],
         "readings": {
-            "ranking": {role: np.asarray(ranked[role], dtype=float).tolist() for role in f},
+            "ranking": {role: s.correct.astype(float).tolist() for role, s in f.items()},
+            **({RANKING_PRIOR_REMOVED: {role: np.asarray(ranked[role], dtype=float).tolist() for role in f}}
+               if cal else {}),
             "ranking (soft)": {role: np.asarray(soft[role]).round(6).tolist() for role in f},
             "greedy": {role: s.greedy.astype(float).tolist() for role, s in f.items()},
         },
@@ -81,7 +93,7 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     if not ctx.has_reference:  # the end points used, so group verdicts re-score with the same ones
         data["per_item"]["readings"]["greedy"]["null"] = gd.tolist()
         if null is not None:
-            data["per_item"]["readings"]["ranking"]["null"] = null.tolist()
+            data["per_item"]["readings"][RANKING_PRIOR_REMOVED]["null"] = null.tolist()
             data["per_item"]["readings"]["ranking (soft)"]["null"] = null.tolist()
     notes = [] if ctx.has_reference else [
         "no reference model: the knowledge-free end points are estimates: chance after removing each model's "

@@ -642,6 +642,8 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     n_st = np.stack([restored[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
     rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
                    n_boot=cfg.n_boot, seed=ctx.seed, clusters=ctx.clusters("forget"))
+    # the estimate that stands in for N without a reference, kept with one too (benchmarks/null_estimate.py)
+    rec.score_null = float(np.mean(ctx.null("forget")))
     if not ctx.has_reference:
         rec.end_point = "answer prior"
     with np.errstate(divide="ignore", invalid="ignore"):

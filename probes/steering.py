@@ -620,6 +620,8 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
     # numerator: steered U vs steered N; denominator: the unsteered gap S(B) - S(N)
     rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
                    n_boot=cfg.n_boot, seed=ctx.seed, clusters=ctx.clusters("forget"))
+    # the estimate that stands in for N without a reference, kept with one too (benchmarks/null_estimate.py)
+    rec.score_null = float(np.mean(ctx.null("forget")))
     if not ctx.has_reference:
         rec.end_point = "answer prior"
     labels = sorted({s.label() for s in chosen}, key=[s.label() for s in chosen].index)

@@ -576,7 +576,8 @@ def _audit(args: list[str], cache: Path, timeout: float = 240) -> subprocess.Com
 
 
 def _stripped(path: Path) -> str:
-    """The log without what legitimately differs between runs: timings, timestamps, paths of outputs."""
+    """The log without what legitimately differs between runs: timings, timestamps, paths of outputs,
+    caught library warnings."""
 
     def strip(x):
         if isinstance(x, dict):
@@ -588,6 +589,9 @@ def _stripped(path: Path) -> str:
     log = strip(json.loads(path.read_text()))
     log["config"].pop("out")
     log["config"].pop("resume")
+    # library warnings caught during the run (audit.quiet): a resumed lens is not run again,
+    # so its warnings are not raised again; they are diagnostics of a process, not results
+    log["notes"] = [n for n in log.get("notes", []) if not n.startswith("warning (")]
     return json.dumps(log, sort_keys=True)
 
 

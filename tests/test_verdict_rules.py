@@ -23,11 +23,20 @@ def rec(reading="r", value=0.0, lo=None, hi=None, *, kind="primary", control=Non
                     kind=kind, end_point=end_point)
 
 
-def behavior(ranking=0.0, soft=None, greedy=None, *, retain_drop=0.0, width=0.1, soft_width=0.06,
-             end_point="reference", informative=True):
+def behavior(ranking=0.0, soft=None, greedy=None, *, raw=None, retain_drop=0.0, width=0.1, soft_width=0.06,
+             end_point="reference", informative=True, legacy=False):
+    """Behavior's readings: ``raw`` is the ranking as U says it (the NOT_UNLEARNED gate;
+    default ``ranking``), ``ranking`` the one with each model's prior removed. ``legacy``:
+    a log from before the prior was removed (one ``ranking`` reading, primary)."""
     soft = ranking if soft is None else soft
     greedy = ranking if greedy is None else greedy
-    recs = [rec("ranking", ranking, ranking - width, ranking + width, end_point=end_point, informative=informative),
+    raw = ranking if raw is None else raw
+    hard = [rec("ranking", ranking, ranking - width, ranking + width, end_point=end_point,
+                informative=informative)] if legacy else [
+        rec("ranking", raw, raw - width, raw + width, kind="gate", end_point=end_point, informative=informative),
+        rec("ranking (prior removed)", ranking, ranking - width, ranking + width, end_point=end_point,
+            informative=informative)]
+    recs = [*hard,
             rec("ranking (soft)", soft, soft - soft_width, soft + soft_width, end_point=end_point,
                 informative=informative),
             rec("greedy", greedy, greedy - width, greedy + width, end_point=end_point, informative=informative)]
@@ -136,6 +145,21 @@ CASES = [
      "INCONCLUSIVE", "quantization"),
     ("leak contrast 0.6 above the band", quiet(leak_at_k=lens("leak_at_k", rec("leak@1", 0.6, 0.45, 0.75))),
      "SUPPRESSED", "leak_at_k"),
+    # --- the raw ranking (what U says) against the ranking with each model's prior removed
+    ("a skewed prior: raw ranking below N, prior removed at 0", quiet(behavior=behavior(
+        0.0, raw=-0.11, width=0.12)), "DELETED", None),
+    ("raw ranking far below N, prior removed at 0: no avoidance", quiet(behavior=behavior(0.0, raw=-0.4)),
+     "DELETED", None),
+    ("says nothing, but tells the answer apart once its prior is removed", quiet(behavior=behavior(
+        0.55, soft=0.1, greedy=0.0, raw=0.0)), "SUPPRESSED", "ranking (prior removed)"),
+    ("prior removed 0.6 is not the behavior gate", quiet(behavior=behavior(0.6, soft=0.6, greedy=0.0, raw=0.1)),
+     "SUPPRESSED", "behavior lens"),
+    ("raw ranking 0.6 with the prior removed at 0.1: still says it", quiet(behavior=behavior(
+        0.1, soft=0.1, greedy=0.1, raw=0.6)), "NOT_UNLEARNED", "still picks"),
+    ("avoids the answer with its prior removed", quiet(behavior=behavior(-0.3, soft=-0.05, raw=0.0)),
+     "SUPPRESSED", "prior over answer values removed"),
+    ("a log from before the prior was removed: raw ranking decides as it did", quiet(behavior=behavior(
+        -0.27, soft=-0.25, greedy=-0.2, legacy=True)), "SUPPRESSED", "avoids the true answer"),
 ]
 
 
