@@ -236,9 +236,18 @@ def test_sae_lens_in_audit_run_and_report(suite, tmp_path, run_args):
     cfg.write_text(json.dumps({"lens_options": {"sae": LIGHT}}))  # the SAE and corpus come from the cache
     out = tmp_path / "out"
     r = CliRunner().invoke(app, [*run_args(suite, out, "late_layers", "behavior,sae"), "--config", str(cfg)])
-    assert r.exit_code in (0, 1), r.output
     log = json.loads((out / "audit_log.json").read_text())
     assert log["lenses"]["sae"]["error"] is None
+    # late_layers says nothing (behavior below the gate), and without linear_probe, relearn and
+    # quantization DELETED cannot be said: SUPPRESSED if the SAE edit restores it, else
+    # INCONCLUSIVE naming what DELETED lacks; the default policy fails both (exit 1)
+    v = log["verdicts"][0]
+    assert v["label"] in ("SUPPRESSED", "INCONCLUSIVE"), v
+    if v["label"] == "INCONCLUSIVE":
+        assert "which DELETED requires" in v["reason"], v["reason"]
+    else:
+        assert any(e["lens"] == "sae" for e in v["evidence"]), v
+    assert r.exit_code == 1, r.output
     html = (out / "report.html").read_text()
     assert "SAE concept features" in html and "Concept-feature survival" in html
     # the SAE's quality comes first in its section, with what it was trained on
