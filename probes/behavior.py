@@ -42,11 +42,10 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     cal = {r: ctx.calibrated(r, "forget") for r in ctx.roles} if cfg.prior_calibration else {}
     ranked = {r: (candidate_logprobs_to_result(cal[r], s.greedy).correct if cal else s.correct) for r, s in f.items()}
     soft = {r: (soft_share(cal[r], temps[r]) if cal else s.soft_at(temps[r])) for r, s in f.items()}
-    n_cal = ctx.calibrated_items("forget") if cal else 0
-    null = None
-    if cal and n_cal:  # a calibrated model without knowledge ranks at chance; uncalibrated items keep the answer prior
-        done = np.array([x is not None for x in ctx.placeholder_items("forget")])
-        null = np.where(done, ctx.chance("forget"), ctx.null("forget"))
+    done = np.array([x is not None for x in ctx.placeholder_items("forget")], dtype=bool) if cal else np.zeros(0, bool)
+    n_cal = int(done.sum())
+    # a calibrated model without knowledge ranks at chance; uncalibrated items keep the answer prior
+    null = np.where(done, ctx.chance("forget"), ctx.null("forget")) if n_cal else None
     null_name = "chance after removing the prior" if null is not None else "answer prior"
     data["prior_calibration"] = {"items": n_cal, "of": len(ctx.items["forget"]), "enabled": bool(cfg.prior_calibration)}
     if cal:
