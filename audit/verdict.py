@@ -38,8 +38,10 @@ REQUIRED_FOR_DELETED = ("linear_probe", "relearn", "quantization")
 # ranking readings that can show an inverted U (with each model's prior over answer values
 # removed, where the behavior lens read one: a prior alone must not look like avoidance)
 _BEHAVIOR_GATE = ("ranking", "greedy")
-_RANKING = ("ranking", "ranking (prior removed)", "ranking (soft)")
-_HARD_RANKING = ("ranking", "ranking (prior removed)")
+RANKING_PRIOR_REMOVED = "ranking (prior removed)"
+"""The behavior lens's ranking with each model's prior over answer values removed."""
+_RANKING = ("ranking", RANKING_PRIOR_REMOVED, "ranking (soft)")
+_HARD_RANKING = ("ranking", RANKING_PRIOR_REMOVED)
 _SOFT = "ranking (soft)"
 
 
@@ -208,7 +210,7 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
     says = [r for r in beh_recs if r.kind == "gate" and r.reading == "ranking"]
     quiet_output = bool(says) and says[0].value <= th.tau_d
     others = [(n, r) for n, r in informative
-              if n != "behavior" or (quiet_output and r.reading == "ranking (prior removed)")]
+              if n != "behavior" or (quiet_output and r.reading == RANKING_PRIOR_REMOVED)]
     supp = [(n, r) for n, r in others if _excess(r)[0] >= th.tau_s and _excess(r)[1] > 0 and r.ci_low > th.tau_d]
     if supp:
         n, r = max(supp, key=lambda x: _excess(x[1])[0])
@@ -225,7 +227,7 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
         r = min(inverted, key=lambda x: x.ci_high)
         end = "a model that never learned it" if r.end_point == "reference" else f"the knowledge-free estimate ({r.end_point})"
         share = {"ranking": "ranks it first for",
-                 "ranking (prior removed)": "ranks it first (its prior over answer values removed) for"}.get(
+                 RANKING_PRIOR_REMOVED: "ranks it first (its prior over answer values removed) for"}.get(
             r.reading, "gives it a probability share of")
         return verdict(
             "SUPPRESSED",

@@ -8,8 +8,7 @@ from audit.context import AuditContext
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
 from audit.scoring import candidate_logprobs_to_result, soft_share
-
-RANKING_PRIOR_REMOVED = "ranking (prior removed)"
+from audit.verdict import RANKING_PRIOR_REMOVED
 
 
 class BehaviorConfig(LensConfig):
