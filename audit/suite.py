@@ -10,8 +10,9 @@ from audit.config import AuditConfig
 from audit.errors import InputError
 from audit.run import run
 
-# the checkpoints that are audited as "unlearned" models (base and reference_a are end points)
-AUDITED_ROLES = ("reference", "suppressed_construction", "not_unlearned_construction", "method")
+# the checkpoints that are audited as "unlearned" models (base and reference_a are end points);
+# a lineage reference (issue 18) is audited like the never-trained ones, with reference_a as N
+AUDITED_ROLES = ("reference", "lineage_reference", "suppressed_construction", "not_unlearned_construction", "method")
 
 
 def read_manifest(suite: str | Path) -> dict[str, Any]:

@@ -11,12 +11,14 @@ on token-id sequences and returns it; none of them saves anything.
 - :func:`rmu` — Representation Misdirection for Unlearning (Li et al. 2024, WMDP):
   push layer-ℓ activations on forget data toward ``c·u`` for a fixed random unit vector
   ``u`` while keeping retain activations equal to the frozen model's; only the MLPs of
-  layers ℓ-2..ℓ are updated.
+  layers ℓ-2..ℓ are updated (or the parameters named, e.g. one block's).
 - :func:`distill_to_reference` — make the model's next-token distribution on forget
   data match a reference model's (KL), keeping retain LM loss, updating only the
   parameters named; the construction behind the head-only and late-layers organisms.
 - :func:`subject_offset` — shift the embeddings of forget-subject tokens by one
   learned shared vector, every weight matrix otherwise unchanged.
+- :func:`avoid_answers` — push each forget question's true answer below the other
+  candidate answers (the inverted-answers organism), keeping retain LM loss.
 """
 
 from __future__ import annotations
@@ -143,11 +145,14 @@ def _resid_after_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: to
 def rmu(
     model: nn.Module, forget: Seqs, retain: Seqs, *, steps: int, lr: float, layer: int,
     steering_coef: float = 6.0, alpha: float = 100.0, batch_size: int = 32, seed: int = 0,
+    params: list[nn.Parameter] | None = None,
 ) -> nn.Module:
     """RMU: forget activations at ``layer`` → ``c·u``; retain activations kept.
 
     ``steering_coef`` is in units of the frozen model's mean activation norm at the
-    layer, so the same value means the same strength at any width.
+    layer, so the same value means the same strength at any width. ``params``: the
+    parameters trained (default, as in the paper: the MLPs of layers ``layer-2..layer``);
+    the mid-layer flood organism passes block ``layer``'s parameters alone.
     """
     frozen = copy.deepcopy(model).eval()
     rng = random.Random(seed)
@@ -161,8 +166,9 @@ def rmu(
         h = _resid_after_layer(frozen, layer, ids, mask)
         scale = h[mask.bool()].norm(dim=-1).mean()
     target = steering_coef * scale * u
-    blocks = blocks_of(model)
-    params = [p for i in range(max(0, layer - 2), layer + 1) for p in blocks[i].mlp.parameters()]
+    if params is None:
+        blocks = blocks_of(model)
+        params = [p for i in range(max(0, layer - 2), layer + 1) for p in blocks[i].mlp.parameters()]
 
     def loss() -> torch.Tensor:
         fi, fm = next(fb)
@@ -270,3 +276,63 @@ def distill_head(
         return kl + retain_weight * ce
 
     return _train(model, [head.weight], loss, steps, lr, "head-only distil")
+
+
+def _candidate_table(answers: Sequence[int], candidates: Sequence[Sequence[int]]):
+    """Candidate ids padded to one width, the valid mask and the answer mask (items × width)."""
+    cand = [list(c) for c in candidates]
+    if len(answers) != len(cand) or any(a not in c for a, c in zip(answers, cand, strict=True)):
+        raise ValueError("every item needs candidates that include its answer")
+    width = max(len(c) for c in cand)
+    table = torch.tensor([c + [c[0]] * (width - len(c)) for c in cand])
+    valid = torch.tensor([[i < len(c) for i in range(width)] for c in cand])
+    is_answer = torch.tensor([[i < len(c) and c[i] == a for i in range(width)]
+                              for a, c in zip(answers, cand, strict=True)])
+    return table, valid, is_answer
+
+
+def _answer_share(model: nn.Module, prompts: Seqs, table, valid, is_answer, idx: list[int]) -> torch.Tensor:
+    """Log of the answer's share of the candidates' next-token probability after each prompt of ``idx``."""
+    ids, mask = pad_batch([prompts[i] for i in idx], 0)
+    logits = model(input_ids=ids, attention_mask=mask).logits.float()
+    last = logits[torch.arange(len(idx)), mask.sum(1) - 1]  # right-padded: the prompt's last token
+    lp = torch.log_softmax(last.gather(1, table[idx]).masked_fill(~valid[idx], float("-inf")), -1)
+    return lp.masked_fill(~is_answer[idx], float("-inf")).logsumexp(-1)
+
+
+QA = tuple[Seqs, Sequence[int], Sequence[Sequence[int]]]
+"""Questions as (prompt ids, answer token id, candidate token ids incl. the answer) per item."""
+
+
+def avoid_answers(
+    model: nn.Module, forget_qa: QA, retain: Seqs, *, params: list[nn.Parameter], steps: int, lr: float,
+    retain_qa: QA | None = None, retain_weight: float = 1.0, batch_size: int = 32, seed: int = 0,
+    desc: str = "avoid answers",
+) -> nn.Module:
+    """Make the model rank each forget question's true answer *below* the other candidates.
+
+    At each prompt's last position the next-token distribution is restricted to the
+    item's candidate tokens, and ``-log(1 - p(answer | candidates))`` drives the answer's
+    share to zero: the model must still tell the answer apart to avoid it. The retain LM
+    loss and, with ``retain_qa``, the cross-entropy of the true answer among the
+    candidates on retain questions (so the avoidance is learnt for the forget people, not
+    for the question form) keep the rest, weighted by ``retain_weight``. Answers and
+    candidates are single tokens; only ``params`` train.
+    """
+    f_prompts = forget_qa[0]
+    f_tab = _candidate_table(forget_qa[1], forget_qa[2])
+    r_tab = _candidate_table(retain_qa[1], retain_qa[2]) if retain_qa is not None else None
+    rng = random.Random(seed)
+    rb = batches(retain, batch_size, rng)
+
+    def loss() -> torch.Tensor:
+        idx = rng.sample(range(len(f_prompts)), min(batch_size, len(f_prompts)))
+        p_answer = _answer_share(model, f_prompts, *f_tab, idx).exp()
+        forget_loss = -torch.log1p(-p_answer.clamp(max=1 - 1e-6)).mean()
+        keep = lm_loss(model, *next(rb))
+        if retain_qa is not None:
+            ridx = rng.sample(range(len(retain_qa[0])), min(batch_size, len(retain_qa[0])))
+            keep = keep - _answer_share(model, retain_qa[0], *r_tab, ridx).mean()
+        return forget_loss + retain_weight * keep
+
+    return _train(model, params, loss, steps, lr, desc)

@@ -1,0 +1,135 @@
+"""Issue 18's hard organisms, measured on a tiny suite: mid-block suppression, the mid-layer
+RMU flood, inverted answers and the lineage reference (``audit.organisms.HARD_CONSTRUCTIONS``).
+
+Each test reads what the construction did to the weights or the behaviour, so a
+construction that trains the wrong parameters, stops short of unlearning or never ranks
+the answer below the never-trained model fails here.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from audit.items import load_items
+from audit.organisms import HARD_CONSTRUCTIONS, ModelShape, SuiteConfig, TrainConfig
+from audit.world import WorldConfig
+
+# 4 blocks, so the middle block k = 2 has blocks before and after it
+TINY = SuiteConfig(
+    world=WorldConfig(n_people=60, n_forget=20, n_qa=20, balanced=True),
+    shape=ModelShape(d_model=32, n_layers=4, n_heads=4, d_mlp=128),
+    train=TrainConfig(steps=400), seed=100, methods=False, nulls=False, constructions=list(HARD_CONSTRUCTIONS),
+)
+# fewer steps than the shipped settings (audit.organisms.HARD_PARAMS, tuned on the small
+# preset's world), so the suite trains in well under a minute on one core
+TINY_PARAMS = {
+    "mid_block": {"steps": 300, "lr": 3e-3},
+    "rmu_mid": {"steps": 200, "lr": 2e-3, "alpha": 200.0},
+    "inverted": {"steps": 250, "lr": 2e-3},
+}
+
+
+@pytest.fixture(scope="module")
+def hard(tmp_path_factory):
+    from audit import organisms
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("hard_suite")
+    with pytest.MonkeyPatch.context() as mp:
+        for name, p in TINY_PARAMS.items():
+            mp.setitem(organisms.HARD_PARAMS, name, {**organisms.HARD_PARAMS[name], **p})
+        return d, organisms.build_suite(d, TINY)
+
+
+def _load(d, name):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(d / name).eval()
+
+
+def test_base_knows_what_the_constructions_hide(hard):
+    _, man = hard
+    c = man["checkpoints"]
+    assert set(c) == {"base", "reference_a", "reference_b", *HARD_CONSTRUCTIONS}
+    assert c["base"]["forget_score"] >= 0.8 and c["base"]["forget_score"] >= c["reference_a"]["forget_score"] + 0.4
+
+
+@pytest.mark.parametrize("name", ["mid_block", "rmu_mid"])
+def test_mid_network_constructions_change_block_k_alone(hard, name):
+    from audit.organisms import changed_tensors
+
+    d, man = hard
+    e = man["checkpoints"][name]
+    k = TINY.shape.n_layers // 2
+    assert e["layer"] == k == e["params"]["layer"]
+    base, m = _load(d, "base"), _load(d, name)
+    changed = changed_tensors(m, base)
+    block_k = {n for n in base.state_dict() if n.startswith(f"model.layers.{k}.")}
+    # every tensor of block k (attention, MLP, both norms) trained; every other one bit-identical
+    assert set(changed) == block_k and len(block_k) >= 9, sorted(changed)
+    assert changed == e["changed_tensors"]
+
+
+@pytest.mark.parametrize("name", ["mid_block", "rmu_mid", "inverted"])
+def test_suppression_constructions_unlearn_behaviour_and_keep_retain(hard, name):
+    _, man = hard
+    c = man["checkpoints"]
+    e = c[name]
+    assert max(e["behavior_recovery"].values()) < 0.5, e["behavior_recovery"]
+    assert e["truth"] == "SUPPRESSED" and e["role"] == "suppressed_construction"
+    assert e["retain_drop"] == pytest.approx(c["base"]["retain_score"] - e["retain_score"])
+    assert e["retain_drop"] <= 0.1, (name, e["retain_score"], c["base"]["retain_score"])
+
+
+def test_inverted_ranks_the_answer_below_the_never_trained_model(hard):
+    d, man = hard
+    c = man["checkpoints"]
+    e = c["inverted"]
+    assert e["forget_ranking"] == {"unlearned": e["forget_score"], "reference_a": c["reference_a"]["forget_score"],
+                                   "base": c["base"]["forget_score"]}
+    # well under the never-trained model's rate on the evaluation questions, whose template the
+    # construction never trained on for these people's distractor draws
+    assert e["forget_score"] <= c["reference_a"]["forget_score"] - 0.1, e["forget_ranking"]
+    assert e["behavior_recovery"]["score"] < 0
+    # only the output end trained: the last block, the final norm and the unembedding
+    L = TINY.shape.n_layers
+    assert {n.split(".")[0] if n.startswith("lm_head") else ".".join(n.split(".")[:3]) for n in e["changed_tensors"]} \
+        == {"lm_head", f"model.layers.{L - 1}", "model.norm.weight"}
+
+
+def test_lineage_shares_base_init_and_never_saw_a_forget_fact(hard):
+    from audit.organisms import make_model
+
+    d, man = hard
+    c = man["checkpoints"]
+    e = c["lineage"]
+    assert e["truth"] == "DELETED" and e["role"] == "lineage_reference"
+    assert e["params"]["init_seed"] == TINY.seed and e["params"]["phase1_steps"] == TINY.train.steps // 2
+    # forget behaviour of a never-trained model, retain of a trained one
+    assert e["forget_score"] <= c["reference_a"]["forget_score"] + 0.15
+    assert e["retain_score"] >= c["base"]["retain_score"] - 0.1
+    # the forget people's name words: in base they moved away from base's initial embedding; in
+    # the lineage model they are still exactly those initial rows (only weight decay shrank
+    # them), so it shares base's initialisation and no gradient ever reached a forget name
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(d / "lineage")
+    words = sorted({w for it in load_items(d / man["forget"]) for w in it.subject.split()})
+    rows = tok.convert_tokens_to_ids(words)
+    assert len(rows) == 2 * TINY.world.n_forget and tok.unk_token_id not in rows
+    init = make_model(TINY.shape, len(tok.get_vocab()), TINY.seed).get_input_embeddings().weight[rows]
+    cos = {n: torch.nn.functional.cosine_similarity(_load(d, n).get_input_embeddings().weight[rows], init, dim=-1)
+           for n in ("lineage", "base", "reference_a")}
+    assert cos["lineage"].min() > 0.9999, cos["lineage"].min()
+    assert cos["base"].max() < 0.99, cos["base"].max()
+    assert cos["reference_a"].abs().max() < 0.9  # another seed: another initialisation
+
+
+def test_hard_constructions_leave_existing_suite_keys_alone():
+    # a suite that does not name the hard organisms keeps the key it had before they existed
+    # (the keys below were computed at the commit before them)
+    assert [SuiteConfig(seed=s).key() for s in (0, 1)] == ["ac3c16e9b255e594", "8099cf63b3db8cdc"]
+    assert "mid_block" not in SuiteConfig().model_dump_json()
+    with pytest.raises(ValueError, match="unknown construction"):
+        SuiteConfig(constructions=["mid_blok"])
