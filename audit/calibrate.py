@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 
 from audit.atomic import atomic_write_text
 from audit.errors import InputError
-from audit.organisms import ModelShape, SuiteConfig, TrainConfig, build_suite
+from audit.organisms import CONSTRUCTIONS, HARD_CONSTRUCTIONS, ModelShape, SuiteConfig, TrainConfig, build_suite
 from audit.progress import log
 from audit.schema import read_log
 from audit.suite import audit_suite
@@ -59,6 +59,9 @@ class Preset(BaseModel):
     variants: list[Variant]
     methods: bool = True
     """Also build and audit the GA/GradDiff/NPO/RMU organisms."""
+    constructions: list[str] | None = None
+    """The construction organisms of every suite (``SuiteConfig.constructions``; ``None``:
+    those of ``audit.organisms.CONSTRUCTIONS``, without issue 18's hard ones)."""
     lenses: list[str]
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     no_reference: bool = True
@@ -104,6 +107,9 @@ PRESETS: dict[str, Preset] = {
         # docs/lenses.md), light grids. Small models, so the preset runs in well under an
         # hour on 2 CPU cores with --jobs 2.
         seeds=[0, 1, 2],
+        # every construction, issue 18's hard ones too (mid-network suppression, mid-layer RMU
+        # flood, inverted answers, lineage reference)
+        constructions=[*CONSTRUCTIONS, *HARD_CONSTRUCTIONS],
         variants=[
             Variant(name="people150", world=WorldConfig(), shape=_SMALL_SHAPE, train=TrainConfig(steps=800),
                     seeds=[0]),
@@ -146,7 +152,12 @@ def _lens_score(res: dict[str, Any]) -> float | None:
 
 
 def _never_trained(r: dict[str, Any]) -> bool:
-    """A never-trained model audited as U: DELETED truth, role ``reference``."""
+    """A never-trained model audited as U: DELETED truth, role ``reference``.
+
+    The lineage reference (role ``lineage_reference``) is DELETED truth too, and counts in
+    the confusion matrix and the AUROCs as such, but is not a never-trained null: it shares
+    B's initialisation.
+    """
     return r["truth"] == "DELETED" and r.get("role") == "reference"
 
 
@@ -232,7 +243,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     variant, p = Variant(**variant_d), Preset(**preset_d)
     tag = f"{variant.name}-{arch}-s{seed}"
     cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
-                      train=variant.train, seed=seed, methods=p.methods)
+                      train=variant.train, seed=seed, methods=p.methods, constructions=p.constructions)
     suite_dir, out_dir = Path(suites) / tag, Path(out) / tag
     t = time.perf_counter()
     log.info("calibration suite %s", tag)
