@@ -93,6 +93,9 @@ PRESETS: dict[str, Preset] = {
         seeds=[0], variants=[Variant(name="small", world=_SMALL_WORLD, shape=_SMALL_SHAPE,
                                      train=TrainConfig(steps=800))],
         methods=False,
+        # issue 18: one mid-network suppression (block 1 of 3 trained alone) beside the
+        # end-of-network ones
+        constructions=[*CONSTRUCTIONS, "mid_block"],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn"],
         lens_options=_LIGHT_GRIDS,
         # without a reference: the never-trained models and the SUPPRESSED-truth constructions
