@@ -164,8 +164,29 @@ def _never_trained(r: dict[str, Any]) -> bool:
     return r["truth"] == "DELETED" and r.get("role") == "reference"
 
 
-def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Confusion matrix, per-label precision/recall, never-trained misses, AUROCs, dangerous errors."""
+TRUTH_SOURCES = ("construction", "behaviour")
+
+
+def truth_source(r: dict[str, Any]) -> str | None:
+    """Where a row's truth label comes from (None: no truth, a method organism).
+
+    ``behaviour``: NOT_UNLEARNED truth, decided by measuring behaviour with SPEC §5's own
+    rule on the audited items and N (the no-op, and constructions relabelled because they
+    stopped short), so the verdict's behaviour lens matches it almost by definition.
+    ``construction``: DELETED (never-trained models, the lineage reference) and SUPPRESSED
+    (constructions that did unlearn behaviour): truth the construction alone guarantees.
+    """
+    if r["truth"] is None:
+        return None
+    return "behaviour" if r["truth"] == "NOT_UNLEARNED" else "construction"
+
+
+def _table(rows: list[dict[str, Any]], *, by_source: bool = True) -> dict[str, Any]:
+    """Confusion matrix, per-label precision/recall, never-trained misses, AUROCs, dangerous errors.
+
+    With ``by_source``, ``by_truth_source`` holds the same table over each
+    :func:`truth_source`'s rows alone.
+    """
     truth_rows = [r for r in rows if r["truth"] is not None]
     confusion = {t: {v: 0 for v in LABELS} for t in ("DELETED", "SUPPRESSED", "NOT_UNLEARNED")}
     for r in truth_rows:
@@ -187,7 +208,7 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
         per_label[lab] = {"precision": hit / n_called if n_called else None,
                           "recall": hit / n_truth if n_truth else None, "n_truth": n_truth, "n_called": n_called}
     nt = [r for r in truth_rows if _never_trained(r)]
-    return {
+    out = {
         "n_construction": len(truth_rows),
         "n_correct": correct,
         "accuracy": correct / len(truth_rows) if truth_rows else None,
@@ -207,6 +228,10 @@ def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "wrong": [{k: r.get(k) for k in ("suite", "organism", "truth", "verdict", "reason")}
                   for r in truth_rows if r["truth"] != r["verdict"]],
     }
+    if by_source:
+        out["by_truth_source"] = {src: _table([r for r in truth_rows if truth_source(r) == src], by_source=False)
+                                  for src in TRUTH_SOURCES}
+    return out
 
 
 def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,6 +240,9 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     The top level summarises the audits with N (confusion matrix, per-label precision and
     recall, never-trained models called SUPPRESSED/NOT_UNLEARNED, AUROCs, the dangerous-error
     count); ``no_reference`` holds the same for the audits with N withheld (None if none ran).
+    Each table's ``by_truth_source`` reports apart (issue 18) the rows whose truth was measured
+    from behaviour (``behaviour``: NOT_UNLEARNED) and those whose truth comes from the
+    construction alone (``construction``: DELETED and SUPPRESSED), see :func:`truth_source`.
     """
     without = [r for r in rows if r.get("reference", True) is False]
     out = _table([r for r in rows if r.get("reference", True) is not False])
@@ -274,7 +302,8 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
         entry = man["checkpoints"][a["organism"]]
         rows.append({
             "suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
-            "organism": a["organism"], "role": entry["role"], "truth": a["truth"], "reference": a["reference"],
+            "organism": a["organism"], "role": entry["role"], "truth": a["truth"],
+            "truth_source": truth_source({"truth": a["truth"]}), "reference": a["reference"],
             "verdict": a["verdict"], "deletion_score": a["deletion_score"], "reason": a["reason"],
             "lens_scores": {k: _lens_score(v) for k, v in lenses.items() if k != "behavior"},
             "relearn_recovery": _attack(lenses, "relearn"),

@@ -21,11 +21,21 @@ def _f(x: Any, spec: str = ".2f") -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
-def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (construction truth)",
-               anchor: str = "confusion", intro: str = "") -> None:
+SOURCES = {
+    "construction": ("Truth from the construction alone",
+                     "DELETED (never-trained models, the lineage reference) and SUPPRESSED (constructions "
+                     "whose behaviour did drop): the construction guarantees the label."),
+    "behaviour": ("Truth measured from behaviour",
+                  "NOT_UNLEARNED: the no-op, and constructions that stopped short of unlearning behaviour. "
+                  "The label comes from SPEC §5's behaviour rule on the same items and N that the verdict "
+                  "uses, so a match here is close to guaranteed and says little about the other lenses."),
+}
+
+
+def _matrix(s: dict[str, Any], truths: tuple[str, ...] = TRUTHS) -> str:
     head = "".join(f"<th>{lab}</th>" for lab in LABELS)
     rows = ""
-    for t in TRUTHS:
+    for t in truths:
         cells = ""
         for lab in LABELS:
             n = s["confusion"][t][lab]
@@ -33,13 +43,36 @@ def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (co
                 (" style='background:#dfd'" if n and t == lab else "")
             cells += f"<td{style}>{n}</td>"
         rows += f"<tr><th>{t}</th>{cells}</tr>"
+    return f"<table><tr><th>truth \\ verdict</th>{head}</tr>{rows}</table>"
+
+
+def _by_source(s: dict[str, Any]) -> str:
+    """The rows of each truth source apart: their own confusion matrix and counts."""
+    by = s.get("by_truth_source")
+    if not by:
+        return ""
+    html = "<h3>By source of the truth label</h3>"
+    for src, (title, what) in SOURCES.items():
+        t = by.get(src)
+        if not t or not t["n_construction"]:
+            continue
+        truths = tuple(x for x in TRUTHS if any(t["confusion"][x].values()))
+        html += (f"<h4>{e(title)}</h4><p>{e(what)} {t['n_correct']} of {t['n_construction']} labelled correctly "
+                 f"({_f(100 * t['accuracy'] if t['accuracy'] is not None else None, '.0f')}%)"
+                 + (f"; {t['suppressed_called_deleted']} SUPPRESSED-truth labelled DELETED" if src == "construction"
+                    else "") + ".</p>" + _matrix(t, truths))
+    return html
+
+
+def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (construction truth)",
+               anchor: str = "confusion", intro: str = "") -> None:
     danger = s["suppressed_called_deleted"]
     body = (intro + f"<p>{s['n_correct']} of {s['n_construction']} construction-truth organisms labelled correctly "
             f"({_f(100 * s['accuracy'] if s['accuracy'] is not None else None, '.0f')}%). "
             + (f"<b class='bad'>{danger} SUPPRESSED-truth organism(s) labelled DELETED (the dangerous error).</b>"
                if danger else "No SUPPRESSED-truth organism was labelled DELETED.")
             + f" Deletion-score AUROC (DELETED vs SUPPRESSED truth): {_f(s['deletion_score_auroc'], '.3f')}.</p>"
-            f"<table><tr><th>truth \\ verdict</th>{head}</tr>{rows}</table>")
+            + _matrix(s))
     nt = s.get("never_trained")
     if nt and nt["n"]:
         bad = nt["called_suppressed_or_not_unlearned"]
@@ -53,6 +86,7 @@ def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (co
         body += "<table><tr><th>label</th><th>precision</th><th>recall</th><th>truth</th><th>labelled</th></tr>" + "".join(
             f"<tr><th>{lab}</th><td>{_f(v['precision'])}</td><td>{_f(v['recall'])}</td><td>{v['n_truth']}</td>"
             f"<td>{v['n_called']}</td></tr>" for lab, v in per.items()) + "</table>"
+    body += _by_source(s)
     if s["wrong"]:
         body += "<h3>Wrong labels</h3><table><tr><th>suite</th><th>organism</th><th>truth</th><th>verdict</th>" \
                 "<th>reason</th></tr>" + "".join(

@@ -1,0 +1,82 @@
+"""``audit.calibrate.summarise`` on hand-made rows: the NOT_UNLEARNED rows, whose truth was
+measured from behaviour, are reported apart from the rows whose truth the construction alone
+gives (issue 18), in both tables and in the calibration report."""
+
+from __future__ import annotations
+
+from audit.calibrate import summarise, truth_source
+
+
+def _row(truth, verdict, score=0.5, role=None, reference=True, organism=None):
+    return {"suite": "s", "organism": organism or f"{truth}-{verdict}-{score}", "truth": truth, "verdict": verdict,
+            "deletion_score": score, "reason": "r", "lens_scores": {"linear_probe": score}, "role": role,
+            "reference": reference}
+
+
+ROWS = [
+    _row("DELETED", "DELETED", 0.9, role="reference", organism="reference_b"),
+    _row("DELETED", "INCONCLUSIVE", 0.7, role="lineage_reference", organism="lineage"),
+    _row("SUPPRESSED", "SUPPRESSED", 0.1, role="suppressed_construction", organism="mid_block"),
+    _row("SUPPRESSED", "DELETED", 0.95, role="suppressed_construction", organism="rmu_mid"),
+    # behaviour-measured truth: the no-op, and a construction that stopped short
+    _row("NOT_UNLEARNED", "NOT_UNLEARNED", 0.0, role="not_unlearned_construction", organism="noop"),
+    _row("NOT_UNLEARNED", "NOT_UNLEARNED", 0.1, role="suppressed_construction", organism="head_only"),
+    _row("NOT_UNLEARNED", "SUPPRESSED", 0.2, role="suppressed_construction", organism="late_layers"),
+    _row(None, "SUPPRESSED", 0.3, role="method", organism="ga_gentle"),  # no truth: in neither
+    _row("SUPPRESSED", "SUPPRESSED", 0.1, role="suppressed_construction", organism="mid_block", reference=False),
+    _row("NOT_UNLEARNED", "INCONCLUSIVE", 0.1, role="not_unlearned_construction", organism="noop",
+         reference=False),
+]
+
+
+def test_truth_source_follows_where_the_label_came_from():
+    assert [truth_source(r) for r in ROWS[:8]] == ["construction"] * 4 + ["behaviour"] * 3 + [None]
+
+
+def test_summary_reports_behaviour_measured_rows_apart():
+    s = summarise(ROWS)
+    by = s["by_truth_source"]
+    assert set(by) == {"construction", "behaviour"}
+    con, beh = by["construction"], by["behaviour"]
+    # the overall table still counts every truth row; the two parts add up to it
+    assert s["n_construction"] == 7 and con["n_construction"] + beh["n_construction"] == 7
+    assert s["n_correct"] == con["n_correct"] + beh["n_correct"] == 4
+    assert con["n_construction"] == 4 and con["n_correct"] == 2 and con["suppressed_called_deleted"] == 1
+    assert con["confusion"]["NOT_UNLEARNED"] == {"DELETED": 0, "SUPPRESSED": 0, "NOT_UNLEARNED": 0,
+                                                 "INCONCLUSIVE": 0}
+    assert con["confusion"]["DELETED"]["INCONCLUSIVE"] == 1 and con["confusion"]["SUPPRESSED"]["DELETED"] == 1
+    assert con["per_label"]["SUPPRESSED"] == {"precision": 1.0, "recall": 0.5, "n_truth": 2, "n_called": 1}
+    assert con["never_trained"]["n"] == 1  # reference_b; lineage is DELETED truth but not never-trained
+    assert beh["n_construction"] == 3 and beh["n_correct"] == 2 and beh["accuracy"] == 2 / 3
+    assert beh["confusion"]["NOT_UNLEARNED"] == {"DELETED": 0, "SUPPRESSED": 1, "NOT_UNLEARNED": 2,
+                                                 "INCONCLUSIVE": 0}
+    assert sum(beh["confusion"][t][v] for t in ("DELETED", "SUPPRESSED") for v in beh["confusion"][t]) == 0
+    assert [w["organism"] for w in beh["wrong"]] == ["late_layers"]
+    assert "by_truth_source" not in con and "by_truth_source" not in beh
+    # the no-reference table is split the same way, from its own rows only
+    nr = s["no_reference"]["by_truth_source"]
+    assert nr["construction"]["n_construction"] == 1 and nr["construction"]["n_correct"] == 1
+    assert nr["behaviour"]["n_construction"] == 1 and nr["behaviour"]["n_correct"] == 0
+
+
+def test_summary_without_behaviour_rows_has_an_empty_behaviour_part():
+    s = summarise(ROWS[:4])
+    assert s["by_truth_source"]["behaviour"]["n_construction"] == 0
+    assert s["by_truth_source"]["behaviour"]["accuracy"] is None
+    assert s["by_truth_source"]["construction"]["n_construction"] == 4
+
+
+def test_calibration_report_shows_the_two_sources_apart():
+    from reports.calibration import render_calibration
+
+    s = summarise(ROWS)
+    result = {"preset": "custom", "config": {}, "created": "now", "total_s": 1.0, "summary": s, "rows": ROWS,
+              "methods": [], "methods_no_reference": [], "runs": []}
+    html = render_calibration(result)
+    assert html.count("By source of the truth label") == 2  # with N and without N
+    assert "Truth measured from behaviour" in html and "Truth from the construction alone" in html
+    assert "2 of 3 labelled correctly (67%)" in html
+    assert "2 of 4 labelled correctly (50%); 1 SUPPRESSED-truth labelled DELETED" in html
+    # a result written before the split still renders
+    old = {**s, "by_truth_source": None, "no_reference": None}
+    assert "By source of the truth label" not in render_calibration({**result, "summary": old})
