@@ -103,13 +103,13 @@ def test_small_preset_never_fails_a_never_trained_model(small):
 
 def test_small_preset_labels_every_construction_organism_right(small):
     # issue 7's target, asserted: every construction-truth organism (reference_b DELETED,
-    # head_only / late_layers / subject_offset SUPPRESSED or, where a construction stopped
+    # head_only / late_layers / subject_offset / mid_block SUPPRESSED or, where a construction stopped
     # short, NOT_UNLEARNED as its manifest measured, noop NOT_UNLEARNED) gets its label
     _, res = small
     rows = [r for r in res["rows"] if r["truth"] is not None and r["reference"]]
-    assert len(rows) == 16 and sum(r["truth"] == "DELETED" for r in rows) == 8
+    assert len(rows) == 18 and sum(r["truth"] == "DELETED" for r in rows) == 8
     core = [r for r in rows if r["organism"] not in NEVER_TRAINED - {"reference_b"}]
-    assert len(core) == 10
+    assert len(core) == 12
     assert [r for r in core if r["truth"] != r["verdict"]] == [], res["summary"]["wrong"]
     # the never-trained nulls (temperature 2 and 0.5, skewed prior): never SUPPRESSED or
     # NOT_UNLEARNED (above), and DELETED on most; measured 7 of 8 (Llama's reference_skewed
@@ -149,3 +149,14 @@ def test_default_preset_gives_each_seed_its_own_world():
     assert len(runs) == 6 and {s for _, _, s in runs} == {0, 1, 2} and {a for _, a, _ in runs} == {"llama", "gpt2"}
     assert p.methods and len({(v.world.n_people, tuple(v.world.attributes), v.shape.d_model, v.shape.n_layers)
                               for v in p.variants}) == 3
+
+
+def test_small_preset_includes_a_mid_network_suppression(small):
+    # issue 18: the small preset holds a suppression in the middle of the network (block 1 of
+    # 3 trained alone, the blocks before it untouched), whose forget behaviour really dropped
+    # (its manifest truth, measured at build time), and it is never called DELETED
+    _, res = small
+    mid = [r for r in res["rows"] if r["organism"] == "mid_block"]
+    assert {(r["arch"], r["reference"]) for r in mid} == {(a, ref) for a in ("llama", "gpt2") for ref in (True, False)}
+    assert all(r["truth"] == "SUPPRESSED" for r in mid), [(r["arch"], r["truth"]) for r in mid]
+    assert [r for r in mid if r["verdict"] != "SUPPRESSED"] == [], [(r["arch"], r["verdict"], r["reason"]) for r in mid]
