@@ -62,6 +62,9 @@ class Preset(BaseModel):
     constructions: list[str] | None = None
     """The construction organisms of every suite (``SuiteConfig.constructions``; ``None``:
     those of ``audit.organisms.CONSTRUCTIONS``, without issue 18's hard ones)."""
+    two_phase_base: bool = False
+    """Train every suite's base in two phases (``SuiteConfig.two_phase_base``), so that the
+    lineage organism is base's own phase-1 checkpoint continued on retain only."""
     lenses: list[str]
     lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
     no_reference: bool = True
@@ -113,6 +116,9 @@ PRESETS: dict[str, Preset] = {
         # every construction, issue 18's hard ones too (mid-network suppression, mid-layer RMU
         # flood, inverted answers, lineage reference)
         constructions=[*CONSTRUCTIONS, *HARD_CONSTRUCTIONS],
+        # base trained retain-only first, then retain + forget: lineage is B's own phase-1
+        # checkpoint continued on retain only (issue 18), not a same-initialisation retrain
+        two_phase_base=True,
         variants=[
             Variant(name="people150", world=WorldConfig(), shape=_SMALL_SHAPE, train=TrainConfig(steps=800),
                     seeds=[0]),
@@ -274,7 +280,8 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     variant, p = Variant(**variant_d), Preset(**preset_d)
     tag = f"{variant.name}-{arch}-s{seed}"
     cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
-                      train=variant.train, seed=seed, methods=p.methods, constructions=p.constructions)
+                      train=variant.train, seed=seed, methods=p.methods, constructions=p.constructions,
+                      two_phase_base=p.two_phase_base)
     suite_dir, out_dir = Path(suites) / tag, Path(out) / tag
     t = time.perf_counter()
     log.info("calibration suite %s", tag)

@@ -15,6 +15,7 @@ import json
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,6 +116,14 @@ class SuiteConfig(BaseModel):
     head_only_steps: int = 3000
     """Steps of the head-only distillation. In an open-answer world the forget answers are
     words no retain fact uses, so the head unlearns them in far fewer steps."""
+    two_phase_base: bool = False
+    """Train base in two phases of one run (issue 18's lineage reference): the retain-only
+    corpus for the first ``HARD_PARAMS["lineage"]["phase1_fraction"]`` of ``train.steps``
+    (the phase-1 checkpoint, kept in memory), then the full corpus (retain + forget) for the
+    rest, under one optimizer and one one-cycle schedule: the same total steps as a
+    one-phase base. ``lineage`` (if built) is then that phase-1 checkpoint trained further
+    on retain only. Off: base trains on the full corpus from step 0, and ``lineage`` is a
+    same-initialisation retrain whose phase 1 is what base's would have been."""
 
     @field_validator("constructions")
     @classmethod
@@ -134,6 +143,8 @@ class SuiteConfig(BaseModel):
             del d["constructions"]
         if d["head_only_steps"] == 3000:  # nor those built before head_only_steps
             del d["head_only_steps"]
+        if not d["two_phase_base"]:  # nor those built before two_phase_base
+            del d["two_phase_base"]
         blob = json.dumps({"v": SUITE_VERSION, **d}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -188,12 +199,18 @@ def make_model(shape: ModelShape, vocab_size: int, seed: int):
 
 
 def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str, *, free_vectors: torch.Tensor | None = None,
-             stop_at: int | None = None):
+             stop_at: int | None = None, then: tuple[int, list[list[int]]] | None = None,
+             on_switch: Callable[[Any], None] | None = None):
     """Plain next-token training with a one-cycle schedule.
 
     ``free_vectors``: embeddings of ids past the model's vocabulary (see :func:`filler_corpus`).
     ``stop_at``: stop after this many of the schedule's ``cfg.steps`` steps (a phase-1
     checkpoint of the same run).
+    ``then``: ``(step, seqs2)``: a run in two phases. The first ``step`` steps draw batches from
+    ``seqs``, the rest from ``seqs2``. One optimizer and one schedule span both phases, and
+    the batch sampler's random state carries over. The first ``step`` steps are therefore
+    exactly those of ``train_lm(..., stop_at=step)``. ``on_switch(model)`` is called between
+    the phases (to keep the phase-1 checkpoint).
     """
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -206,7 +223,11 @@ def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str, *, free_vector
     model.train()
     n = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with progress(desc, total=n) as bar:
-        for _ in range(n):
+        for step in range(n):
+            if then is not None and step == then[0]:
+                if on_switch is not None:
+                    on_switch(model)
+                fb = ul.batches(then[1], cfg.batch_size, rng)
             if free_vectors is None:
                 loss = ul.lm_loss(model, *next(fb))
             else:
@@ -371,6 +392,20 @@ def _build_nulls(cfg: SuiteConfig, world: World, tok, refs, retain_only, forget_
     }
 
 
+def base_phase1_steps(cfg: SuiteConfig) -> int:
+    """Steps of base's retain-only phase 1 (two-phase base) and of lineage's phase 1."""
+    return round(HARD_PARAMS["lineage"]["phase1_fraction"] * cfg.train.steps)
+
+
+def state_hash(model) -> str:
+    """SHA-256 of a model's state dict (names and float bytes, in name order), 16 hex digits."""
+    h = hashlib.sha256()
+    for k, w in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(w.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def changed_tensors(a, b) -> list[str]:
     """Names of the state-dict tensors in which two models of one shape differ (bit for bit)."""
     sb = b.state_dict()
@@ -413,7 +448,7 @@ def _answer_prompts(world: World, tok, groups: tuple[str, ...], *, questions: tu
 
 
 def _build_hard(cfg: SuiteConfig, wanted: set[str], world: World, tok, base, ref, forget_train, retain_train,
-                retain_only, record, construction_truth, entries) -> None:
+                retain_only, record, construction_truth, entries, phase1: dict[str, Any]) -> None:
     """Issue 18's hard organisms (``HARD_CONSTRUCTIONS``), each only if ``wanted`` names it.
 
     - ``mid_block``: block ``k = n_layers // 2`` alone (attention, MLP and its norms) trained
@@ -427,12 +462,15 @@ def _build_hard(cfg: SuiteConfig, wanted: set[str], world: World, tok, base, ref
       ranks below the other candidates on the forget questions (:func:`ul.avoid_answers`),
       with the retain LM term: below reference_a's forget ranking. SUPPRESSED if behaviour
       dropped (it must tell the answer apart to avoid it).
-    - ``lineage``: a model with base's seed, so base's initial weights, trained on the
+    - ``lineage``: with ``cfg.two_phase_base``, base's own phase-1 checkpoint (``phase1``:
+      retain only for the first ``phase1_fraction`` of base's schedule), trained
+      ``phase2_fraction`` of base's steps more on retain only at ``phase2_lr``: it shares B's
+      initialisation, optimizer trajectory and batches up to the switch, and never sees a
+      forget fact: DELETED. Without it (base trained on the full corpus from step 0), an
+      approximation: a model with base's seed, so base's initial weights, trained on the
       retain-only corpus for the first ``phase1_fraction`` of base's schedule (the phase-1
-      checkpoint of a run that would go on to the forget people), then ``phase2_fraction`` of
-      base's steps more on retain only. It never sees a forget fact: DELETED. It shares B's
-      initialisation and retain people, not B's batches (B trains on the full corpus from
-      step 0; base is not retrained in two phases, so every existing suite keeps its base).
+      checkpoint a two-phase base would have had, bit for bit), then the same continuation.
+      It shares B's initialisation and retain people, not B's batches.
     """
     L = cfg.shape.n_layers
     k = L // 2
@@ -487,19 +525,28 @@ def _build_hard(cfg: SuiteConfig, wanted: set[str], world: World, tok, base, ref
     if "lineage" in wanted:
         t = time.perf_counter()
         hp = hard_params("lineage", cfg.shape.arch)
-        n1 = round(hp["phase1_fraction"] * cfg.train.steps)
+        n1 = base_phase1_steps(cfg)
         n2 = max(1, round(hp["phase2_fraction"] * cfg.train.steps))
-        m = make_model(cfg.shape, len(tok.get_vocab()), cfg.seed)
-        train_lm(m, retain_only, cfg.train, cfg.seed, "lineage phase 1", stop_at=n1)
+        if phase1:  # base's own phase-1 checkpoint
+            m = phase1.pop("model")
+            p1_hash, how = phase1["sha256"], "B's own phase-1 checkpoint (two-phase base)"
+        else:
+            m = make_model(cfg.shape, len(tok.get_vocab()), cfg.seed)
+            train_lm(m, retain_only, cfg.train, cfg.seed, "lineage phase 1", stop_at=n1)
+            p1_hash = state_hash(m)
+            how = ("base's seed and initial weights, retrained; not B's own phase-1 checkpoint (B trains on the "
+                   "full corpus from step 0)")
         train_lm(m, retain_only, cfg.train.model_copy(update={"steps": n2, "lr": hp["phase2_lr"]}), cfg.seed + 1,
                  "lineage phase 2")
         record("lineage", m, "lineage_reference", "DELETED",
-               f"base's seed and initial weights; retain only for the first {n1} of base's {cfg.train.steps} "
-               f"scheduled steps (phase-1 checkpoint), then {n2} steps more on retain only; never a forget "
-               "fact, but not B's own phase-1 checkpoint (B trains on the full corpus from step 0)",
+               f"retain only for the first {n1} of base's {cfg.train.steps} scheduled steps (phase-1 checkpoint), "
+               f"then {n2} steps more on retain only; never a forget fact. Phase 1: {how}",
                {**hp, "init_seed": cfg.seed, "phase1_steps": n1, "phase2_steps": n2,
-                "phase2_seed": cfg.seed + 1}, t)
-        entries["lineage"]["retain_drop"] = b["retain_score"] - entries["lineage"]["retain_score"]
+                "phase2_seed": cfg.seed + 1, "phase1_sha256": p1_hash}, t)
+        e = entries["lineage"]
+        e["retain_drop"] = b["retain_score"] - e["retain_score"]
+        # which lineage reference this is: base's own phase-1 checkpoint, or the same-init retrain
+        e["lineage"] = "base_phase1_checkpoint" if cfg.two_phase_base else "same_init_retrain"
 
 
 def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bool = False) -> dict[str, Any]:
@@ -553,8 +600,24 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
         log.info("%s: %s", name, m)
 
     t = time.perf_counter()
-    base = train_lm(make_model(cfg.shape, v, cfg.seed), full, cfg.train, cfg.seed, "train base")
-    record("base", base, "base", None, "train on retain + forget", cfg.train.model_dump(), t)
+    phase1: dict[str, Any] = {}
+    if cfg.two_phase_base:
+        n1 = base_phase1_steps(cfg)
+
+        def keep(m):  # the phase-1 checkpoint, in memory
+            phase1["model"] = copy.deepcopy(m).eval()
+            phase1["sha256"] = state_hash(m)
+
+        base = train_lm(make_model(cfg.shape, v, cfg.seed), retain_only, cfg.train, cfg.seed, "train base",
+                        then=(n1, full), on_switch=keep)
+        record("base", base, "base", None,
+               f"one run in two phases: retain only for the first {n1} of {cfg.train.steps} steps (phase-1 "
+               "checkpoint), then retain + forget for the rest (one optimizer, one schedule)",
+               {**cfg.train.model_dump(), "two_phase": True, "phase1_steps": n1,
+                "phase1_sha256": phase1["sha256"]}, t)
+    else:
+        base = train_lm(make_model(cfg.shape, v, cfg.seed), full, cfg.train, cfg.seed, "train base")
+        record("base", base, "base", None, "train on retain + forget", cfg.train.model_dump(), t)
     refs = {}
     for k, s in (("reference_a", 1), ("reference_b", 2)):
         t = time.perf_counter()
@@ -617,7 +680,7 @@ def build_suite(out: str | Path, config: SuiteConfig | None = None, *, force: bo
 
     if wanted & set(HARD_CONSTRUCTIONS):
         _build_hard(cfg, wanted, world, tok, base, ref, forget_train, retain_train, retain_only, record,
-                    construction_truth, entries)
+                    construction_truth, entries, phase1)
 
     if cfg.methods:
         kw = {"seed": cfg.seed, "batch_size": cfg.train.batch_size}

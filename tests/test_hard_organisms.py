@@ -106,6 +106,8 @@ def test_lineage_shares_base_init_and_never_saw_a_forget_fact(hard):
     e = c["lineage"]
     assert e["truth"] == "DELETED" and e["role"] == "lineage_reference"
     assert e["params"]["init_seed"] == TINY.seed and e["params"]["phase1_steps"] == TINY.train.steps // 2
+    # base trained in one phase: lineage is the same-initialisation retrain (the manifest says so)
+    assert e["lineage"] == "same_init_retrain" and "two_phase" not in c["base"]["params"]
     # forget behaviour of a never-trained model, retain of a trained one
     assert e["forget_score"] <= c["reference_a"]["forget_score"] + 0.15
     assert e["retain_score"] >= c["base"]["retain_score"] - 0.1
@@ -133,3 +135,69 @@ def test_hard_constructions_leave_existing_suite_keys_alone():
     assert "mid_block" not in SuiteConfig().model_dump_json()
     with pytest.raises(ValueError, match="unknown construction"):
         SuiteConfig(constructions=["mid_blok"])
+
+
+# the same tiny world and seed, base trained in two phases; only the lineage organism
+TWO_PHASE = TINY.model_copy(update={"constructions": ["lineage"], "two_phase_base": True})
+
+
+@pytest.fixture(scope="module")
+def two_phase(tmp_path_factory):
+    from audit import organisms
+
+    torch.set_num_threads(1)
+    d = tmp_path_factory.mktemp("two_phase_suite")
+    return d, organisms.build_suite(d, TWO_PHASE)
+
+
+def test_two_phase_base_still_knows_the_forget_set(two_phase, hard):
+    _, man = two_phase
+    c, one_phase = man["checkpoints"], hard[1]["checkpoints"]
+    assert set(c) == {"base", "reference_a", "reference_b", "lineage"}
+    b = c["base"]
+    assert b["params"]["two_phase"] is True and b["params"]["phase1_steps"] == TINY.train.steps // 2
+    assert b["params"]["steps"] == TINY.train.steps  # the same total steps as a one-phase base
+    # measured (seed 100): forget ranking 0.95 / greedy 0.77 against the one-phase base's 0.98 / 0.93
+    assert b["forget_score"] >= 0.8 and b["forget_score"] >= c["reference_a"]["forget_score"] + 0.4
+    assert b["forget_score"] >= one_phase["base"]["forget_score"] - 0.1
+    assert b["retain_score"] >= one_phase["base"]["retain_score"] - 0.05
+
+
+def test_two_phase_lineage_is_base_phase1_checkpoint_continued_on_retain(two_phase, hard):
+    from transformers import AutoTokenizer
+
+    from audit.organisms import HARD_PARAMS, make_model, state_hash, train_lm
+    from audit.world import make_world
+
+    d, man = two_phase
+    c = man["checkpoints"]
+    e = c["lineage"]
+    assert e["truth"] == "DELETED" and e["role"] == "lineage_reference" and e["lineage"] == "base_phase1_checkpoint"
+    # base's phase-1 checkpoint (hashed in memory at the switch) is where lineage started
+    n1 = TINY.train.steps // 2
+    assert e["params"]["phase1_steps"] == n1 and e["params"]["phase1_sha256"] == c["base"]["params"]["phase1_sha256"]
+    # the one-phase suite's same-init retrain reached the same phase-1 state, bit for bit
+    assert hard[1]["checkpoints"]["lineage"]["params"]["phase1_sha256"] == e["params"]["phase1_sha256"]
+    # re-run phase 1 (base's init, base's schedule, retain-only corpus) and the retain-only
+    # continuation: the hash and every lineage tensor match exactly
+    tok = AutoTokenizer.from_pretrained(d / "lineage")
+    world = make_world(TWO_PHASE.world.model_copy(update={"seed": TWO_PHASE.seed}))
+    retain_only = [tok(t)["input_ids"] for t in world.training_corpus(include_forget=False)]
+    m = make_model(TWO_PHASE.shape, len(tok.get_vocab()), TWO_PHASE.seed)
+    train_lm(m, retain_only, TWO_PHASE.train, TWO_PHASE.seed, "phase 1", stop_at=n1)
+    assert state_hash(m) == e["params"]["phase1_sha256"]
+    hp = HARD_PARAMS["lineage"]
+    assert e["params"]["phase2_steps"] == round(hp["phase2_fraction"] * TINY.train.steps)
+    train_lm(m, retain_only, TWO_PHASE.train.model_copy(update={"steps": e["params"]["phase2_steps"],
+                                                                "lr": hp["phase2_lr"]}),
+             TWO_PHASE.seed + 1, "phase 2")
+    saved = _load(d, "lineage").state_dict()
+    assert all(torch.equal(w, saved[k]) for k, w in m.state_dict().items())
+    # it never saw a forget fact: forget behaviour of a never-trained model, retain intact
+    assert e["forget_score"] <= c["reference_a"]["forget_score"] + 0.15
+    assert e["retain_score"] >= c["base"]["retain_score"] - 0.1
+
+
+def test_two_phase_option_changes_only_its_own_suites_keys():
+    assert SuiteConfig(two_phase_base=False).key() == SuiteConfig().key() == "ac3c16e9b255e594"
+    assert TWO_PHASE.key() != TWO_PHASE.model_copy(update={"two_phase_base": False}).key()
