@@ -31,7 +31,15 @@ from pydantic import BaseModel, Field
 
 from audit.atomic import atomic_write_text
 from audit.errors import InputError
-from audit.organisms import CONSTRUCTIONS, HARD_CONSTRUCTIONS, ModelShape, SuiteConfig, TrainConfig, build_suite
+from audit.organisms import (
+    CONSTRUCTIONS,
+    HARD_CONSTRUCTIONS,
+    ModelShape,
+    SuiteConfig,
+    TrainConfig,
+    build_suite,
+    open_answer_suite,
+)
 from audit.progress import log
 from audit.schema import read_log
 from audit.suite import audit_suite
@@ -49,6 +57,10 @@ class Variant(BaseModel):
     train: TrainConfig = TrainConfig()
     seeds: list[int] | None = None
     """Only these of the preset's seeds (``None``: every seed)."""
+    constructions: list[str] | None = None
+    """This variant's construction organisms (``None``: the preset's ``constructions``)."""
+    head_only_steps: int | None = None
+    """``SuiteConfig.head_only_steps`` of this variant (``None``: its default)."""
 
 
 class Preset(BaseModel):
@@ -90,6 +102,9 @@ _LIGHT_GRIDS: dict[str, dict[str, Any]] = {
     "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
 }
 
+# the open-answer world (issue 17: one birth town per person, no answer shared across items)
+_OPEN = open_answer_suite(0)
+
 PRESETS: dict[str, Preset] = {
     # runs in CI: one seed per architecture, one small world, construction organisms only
     "small": Preset(
@@ -109,9 +124,9 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         # three seeds, each with its own world and model shape (people, attributes, width,
         # depth), × two architectures: 6 suites with the GA/GradDiff/NPO/RMU organisms at two
-        # strengths, every lens but the SAE lens (a survival diagnostic on these worlds,
-        # docs/lenses.md), light grids. Small models, so the preset runs in well under an
-        # hour on 2 CPU cores with --jobs 2.
+        # strengths, plus the open-answer world on seed 0 (2 suites); every lens but the SAE
+        # lens (a survival diagnostic on these worlds, docs/lenses.md), light grids. Small
+        # models, so the preset runs in well under an hour on 2 CPU cores with --jobs 2.
         seeds=[0, 1, 2],
         # every construction, issue 18's hard ones too (mid-network suppression, mid-layer RMU
         # flood, inverted answers, lineage reference)
@@ -128,6 +143,11 @@ PRESETS: dict[str, Preset] = {
             Variant(name="deep-two-attributes", world=WorldConfig(attributes=["city", "job"]),
                     shape=ModelShape(d_model=64, n_layers=5, n_heads=4, d_mlp=256), train=TrainConfig(steps=800),
                     seeds=[2]),
+            # issue 18: the open-answer world (audit.organisms.open_answer_suite: birth_town only,
+            # 40 forget people). Every construction builds there; reference_skewed, which
+            # needs a closed attribute, is skipped by build_suite
+            Variant(name="open-answers", world=_OPEN.world, shape=_OPEN.shape, train=_OPEN.train,
+                    head_only_steps=_OPEN.head_only_steps, seeds=[0]),
         ],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
                 "similarity"],
@@ -279,9 +299,11 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
         threadpool_limits(threads)  # numpy / scikit-learn BLAS too, or each job takes every core
     variant, p = Variant(**variant_d), Preset(**preset_d)
     tag = f"{variant.name}-{arch}-s{seed}"
+    extra = {} if variant.head_only_steps is None else {"head_only_steps": variant.head_only_steps}
     cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
-                      train=variant.train, seed=seed, methods=p.methods, constructions=p.constructions,
-                      two_phase_base=p.two_phase_base)
+                      train=variant.train, seed=seed, methods=p.methods,
+                      constructions=p.constructions if variant.constructions is None else variant.constructions,
+                      two_phase_base=p.two_phase_base, **extra)
     suite_dir, out_dir = Path(suites) / tag, Path(out) / tag
     t = time.perf_counter()
     log.info("calibration suite %s", tag)

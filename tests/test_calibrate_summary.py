@@ -1,6 +1,7 @@
-"""``audit.calibrate.summarise`` on hand-made rows: the NOT_UNLEARNED rows, whose truth was
-measured from behaviour, are reported apart from the rows whose truth the construction alone
-gives (issue 18), in both tables and in the calibration report."""
+"""``audit.calibrate`` without training: ``summarise`` on hand-made rows (the NOT_UNLEARNED
+rows, whose truth was measured from behaviour, are reported apart from the rows whose truth the
+construction alone gives, issue 18, in both tables and in the calibration report), and the
+presets' grids and worlds."""
 
 from __future__ import annotations
 
@@ -80,3 +81,18 @@ def test_calibration_report_shows_the_two_sources_apart():
     # a result written before the split still renders
     old = {**s, "by_truth_source": None, "no_reference": None}
     assert "By source of the truth label" not in render_calibration({**result, "summary": old})
+
+
+def test_default_preset_holds_the_open_answer_world():
+    from audit.calibrate import PRESETS
+    from audit.organisms import open_answer_suite
+
+    d = PRESETS["default"]
+    (v,) = [v for v in d.variants if v.world.attributes == ["birth_town"]]
+    ref = open_answer_suite(0)
+    assert (v.world, v.shape, v.train, v.head_only_steps) == (ref.world, ref.shape, ref.train, ref.head_only_steps)
+    assert v.seeds == [0] and v.constructions is None  # every construction of the preset, hard ones too
+    assert d.two_phase_base
+    # the closed-world variants: still one per seed
+    closed = [x for x in d.variants if x is not v]
+    assert sorted(s for x in closed for s in x.seeds) == [0, 1, 2]
