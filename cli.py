@@ -467,13 +467,19 @@ def calibrate_cmd(
         help="Also audit the organisms with the reference withheld, in a second table (default: "
              "the preset's setting, on in every preset; the small preset only its DELETED- and SUPPRESSED-truth "
              "organisms).")] = None,
+    grids: Annotated[Optional[str], typer.Option(
+        help="Attack grids of the steering, quantization and relearn lenses: 'light' (one steering scale, int4 "
+             "only, one 10-step relearn budget) or 'default' (each lens's default options, as `audit run`). "
+             "Default: the preset's own (small: light; default: default). With the same --suites, a second run "
+             "with the other grids audits the same organisms.")] = None,
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()
     from audit.calibrate import calibrate
 
     try:
-        res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference)
+        res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference,
+                        grids=grids)
     except InputError as e:
         _fail(e)
     labels = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")

@@ -102,6 +102,26 @@ _LIGHT_GRIDS: dict[str, dict[str, Any]] = {
     "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
 }
 
+# ``audit calibrate --grids``: ``light`` sets the light grids above on top of a preset's lens
+# options; ``default`` drops those lenses' options, so each runs its own default grid
+# (steering: scales 0.5 and 1, last and mean pooling, up to 4 sites, ablation; quantization:
+# 8, 4 and 3 bits, sym and asym, bitsandbytes; relearn: 5, 10 and 20 steps, with the
+# retain-data variant, 48 side-effect items)
+GRIDS = ("light", "default")
+
+
+def with_grids(p: Preset, grids: str | None) -> Preset:
+    """``p`` with its attack grids set to ``grids`` (``None``: the preset's own)."""
+    if grids is None:
+        return p
+    if grids not in GRIDS:
+        raise InputError(f"unknown grids '{grids}'; choose from {', '.join(GRIDS)}")
+    opts = {k: v for k, v in p.lens_options.items() if k not in _LIGHT_GRIDS}
+    if grids == "light":
+        opts |= {k: {**p.lens_options.get(k, {}), **v} for k, v in _LIGHT_GRIDS.items()}
+    return p.model_copy(update={"lens_options": opts})
+
+
 # the open-answer world (issue 17: one birth town per person, no answer shared across items)
 _OPEN = open_answer_suite(0)
 
@@ -125,8 +145,8 @@ PRESETS: dict[str, Preset] = {
         # three seeds, each with its own world and model shape (people, attributes, width,
         # depth), × two architectures: 6 suites with the GA/GradDiff/NPO/RMU organisms at two
         # strengths, plus the open-answer world on seed 0 (2 suites); every lens but the SAE
-        # lens (a survival diagnostic on these worlds, docs/lenses.md), light grids. Small
-        # models, so the preset runs in well under an hour on 2 CPU cores with --jobs 2.
+        # lens (a survival diagnostic on these worlds, docs/lenses.md), each at its default
+        # grid, the strength users get (issue 18; ``--grids light`` for the light ones).
         seeds=[0, 1, 2],
         # every construction, issue 18's hard ones too (mid-network suppression, mid-layer RMU
         # flood, inverted answers, lineage reference)
@@ -151,7 +171,6 @@ PRESETS: dict[str, Preset] = {
         ],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
                 "similarity"],
-        lens_options=_LIGHT_GRIDS,
     ),
 }
 
@@ -347,7 +366,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
 
 def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | Path | None = None,
               render: bool = True, jobs: int = 1, threads: int | None = None,
-              no_reference: bool | None = None) -> dict[str, Any]:
+              no_reference: bool | None = None, grids: str | None = None) -> dict[str, Any]:
     """Build/reuse suites, audit every organism, write ``calibration.json`` (+ ``calibration.html``).
 
     Args:
@@ -360,6 +379,12 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
             torch's own setting otherwise).
         no_reference: also audit every organism with N withheld, for the no-reference table
             (default: the preset's ``no_reference``, on in every shipped preset).
+        grids: the attack grids of the steering, quantization and relearn lenses: ``light``
+            (one steering scale on two sites with mean pooling, int4 sym only, one 10-step
+            relearn budget without the retain variant) or ``default`` (each lens's default
+            options, the strength ``audit run`` uses); ``None``: the preset's own (light in
+            the small preset, default in the default preset). Running one preset both ways
+            with the same ``suites`` gives the two tables side by side on the same organisms.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -371,6 +396,7 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         raise InputError(f"--jobs must be at least 1, got {jobs}")
     if no_reference is not None:
         p = p.model_copy(update={"no_reference": no_reference})
+    p = with_grids(p, grids)
     out = Path(out)
     suites = Path(suites) if suites is not None else out / "suites"
     t0 = time.perf_counter()
@@ -391,6 +417,7 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
     rows = [r for d in done for r in d["rows"]]
     result = {
         "preset": name,
+        "grids": grids or "preset",
         "config": p.model_dump(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "summary": summarise(rows),

@@ -160,7 +160,8 @@ def render_calibration(result: dict[str, Any]) -> str:
     n_nr = sum(r.get("reference", True) is False for r in result["rows"])
     return page.html(f"Calibration: preset {result['preset']}",
                      f"{len(result['rows']) - n_nr} organisms" + (f" ({n_nr} also without a reference)" if n_nr else "")
-                     + f" · {result['created']} · {result['total_s']} s")
+                     + f" · attack grids: {e(str(result.get('grids', 'preset')))} · {result['created']} · "
+                       f"{result['total_s']} s")
 
 
 def render_calibration_file(json_path: str | Path, html_path: str | Path) -> Path:

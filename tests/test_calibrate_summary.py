@@ -83,6 +83,31 @@ def test_calibration_report_shows_the_two_sources_apart():
     assert "By source of the truth label" not in render_calibration({**result, "summary": old})
 
 
+def test_default_preset_runs_default_grids_and_light_grids_on_request():
+    from audit.calibrate import _LIGHT_GRIDS, PRESETS, with_grids
+
+    d, small = PRESETS["default"], PRESETS["small"]
+    assert d.lens_options == {}  # each lens's default grid, the strength users get
+    assert small.lens_options == _LIGHT_GRIDS  # CI stays light
+    assert with_grids(d, None) is d and with_grids(d, "light").lens_options == _LIGHT_GRIDS
+    assert with_grids(small, "default").lens_options == {}
+    # options other than the grids' lenses are kept either way
+    custom = d.model_copy(update={"lens_options": {"leak_at_k": {"k": 8}, "relearn": {"steps": [3], "lr": 1e-3}}})
+    assert with_grids(custom, "default").lens_options == {"leak_at_k": {"k": 8}}
+    light = with_grids(custom, "light").lens_options
+    assert light["leak_at_k"] == {"k": 8} and light["relearn"] == {**_LIGHT_GRIDS["relearn"], "lr": 1e-3}
+
+
+def test_unknown_grids_exit_2_before_anything_is_written(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--grids", "heavy", "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "unknown grids 'heavy'" in r.output
+    assert not (tmp_path / "o").exists()
+
+
 def test_default_preset_holds_the_open_answer_world():
     from audit.calibrate import PRESETS
     from audit.organisms import open_answer_suite
