@@ -303,6 +303,17 @@ def _attack(log_lenses: dict[str, Any], name: str) -> float | None:
     return max(vals) if vals else None
 
 
+def suite_config(variant: Variant, arch: str, seed: int, p: Preset) -> SuiteConfig:
+    """The organism suite of one (variant, architecture, seed) of preset ``p``."""
+    cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
+                      train=variant.train, seed=seed, methods=p.methods,
+                      constructions=p.constructions if variant.constructions is None else variant.constructions,
+                      two_phase_base=p.two_phase_base)
+    if variant.head_only_steps is not None:
+        cfg = cfg.model_copy(update={"head_only_steps": variant.head_only_steps})
+    return cfg
+
+
 def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: str, out: str,
                      preset_d: dict[str, Any], threads: int | None) -> dict[str, Any]:
     """Build (or reuse) one suite and audit its organisms; returns its run record and rows.
@@ -318,11 +329,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
         threadpool_limits(threads)  # numpy / scikit-learn BLAS too, or each job takes every core
     variant, p = Variant(**variant_d), Preset(**preset_d)
     tag = f"{variant.name}-{arch}-s{seed}"
-    extra = {} if variant.head_only_steps is None else {"head_only_steps": variant.head_only_steps}
-    cfg = SuiteConfig(world=variant.world, shape=variant.shape.model_copy(update={"arch": arch}),
-                      train=variant.train, seed=seed, methods=p.methods,
-                      constructions=p.constructions if variant.constructions is None else variant.constructions,
-                      two_phase_base=p.two_phase_base, **extra)
+    cfg = suite_config(variant, arch, seed, p)
     suite_dir, out_dir = Path(suites) / tag, Path(out) / tag
     t = time.perf_counter()
     log.info("calibration suite %s", tag)

@@ -118,6 +118,14 @@ def test_default_preset_holds_the_open_answer_world():
     assert (v.world, v.shape, v.train, v.head_only_steps) == (ref.world, ref.shape, ref.train, ref.head_only_steps)
     assert v.seeds == [0] and v.constructions is None  # every construction of the preset, hard ones too
     assert d.two_phase_base
+    from audit.calibrate import suite_config
+
+    cfg = suite_config(v, "gpt2", 0, d)
+    assert (cfg.world, cfg.train, cfg.head_only_steps, cfg.seed) == (ref.world, ref.train, 1000, 0)
+    assert cfg.shape == ref.shape.model_copy(update={"arch": "gpt2"}) and cfg.two_phase_base and cfg.methods
+    assert cfg.constructions == d.constructions and cfg.nulls
+    # a closed-world variant keeps the default head-only steps (and so its key's shape)
+    assert suite_config(d.variants[0], "llama", 0, d).head_only_steps == 3000
     # the closed-world variants: still one per seed
     closed = [x for x in d.variants if x is not v]
     assert sorted(s for x in closed for s in x.seeds) == [0, 1, 2]
