@@ -146,9 +146,11 @@ def test_default_preset_gives_each_seed_its_own_world():
 
     p = PRESETS["default"]
     runs = [(v.name, arch, s) for v in p.variants for arch in p.archs for s in p.seeds if v.seeds is None or s in v.seeds]
-    assert len(runs) == 6 and {s for _, _, s in runs} == {0, 1, 2} and {a for _, a, _ in runs} == {"llama", "gpt2"}
+    # three closed-answer worlds, one per seed, and the open-answer world (issue 18) on seed 0
+    assert len(runs) == 8 and {s for _, _, s in runs} == {0, 1, 2} and {a for _, a, _ in runs} == {"llama", "gpt2"}
     assert p.methods and len({(v.world.n_people, tuple(v.world.attributes), v.shape.d_model, v.shape.n_layers)
-                              for v in p.variants}) == 3
+                              for v in p.variants}) == 4
+    assert [v.world.attributes for v in p.variants if v.name == "open-answers"] == [["birth_town"]]
 
 
 def test_small_preset_includes_a_mid_network_suppression(small):

@@ -150,6 +150,7 @@ def two_phase(tmp_path_factory):
     return d, organisms.build_suite(d, TWO_PHASE)
 
 
+@pytest.mark.slow  # a second tiny suite (~50 s); only the default preset builds a two-phase base
 def test_two_phase_base_still_knows_the_forget_set(two_phase, hard):
     _, man = two_phase
     c, one_phase = man["checkpoints"], hard[1]["checkpoints"]
@@ -163,6 +164,7 @@ def test_two_phase_base_still_knows_the_forget_set(two_phase, hard):
     assert b["retain_score"] >= one_phase["base"]["retain_score"] - 0.05
 
 
+@pytest.mark.slow  # a second tiny suite (~50 s); only the default preset builds a two-phase base
 def test_two_phase_lineage_is_base_phase1_checkpoint_continued_on_retain(two_phase, hard):
     from transformers import AutoTokenizer
 
