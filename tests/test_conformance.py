@@ -118,6 +118,17 @@ def test_a_suppressed_organism_reads_recovery(audits, lens):
     assert lo > 0.0, (lens, u, reading, value, lo)
 
 
+@pytest.mark.parametrize("organism", SUPPRESSED)
+def test_a_suppressed_construction_gets_its_label_with_its_evidence(audits, manifest, organism):
+    # the label the manifest measured (SUPPRESSED on the demo suite), from a lens other than
+    # behavior, whose reason says what it recovered (tests/test_verdicts.py does the same for
+    # subject_offset at the default grids)
+    v = audits[organism].verdicts[0]
+    assert v.label == manifest["checkpoints"][organism]["truth"], (organism, v.reason)
+    if v.label == "SUPPRESSED":
+        assert v.evidence and v.evidence[0].lens != "behavior" and "recovers" in v.reason, v.reason
+
+
 def test_every_reading_records_its_no_reference_estimate(audits):
     """Each recovery keeps the estimate that would stand in for N without a reference
     (``score_null``), so ``benchmarks/null_estimate.py`` can set it against the real N."""
