@@ -483,42 +483,37 @@ def _build_hard(cfg: SuiteConfig, wanted: set[str], world: World, tok, base, ref
         if trained_block is not None:
             e["layer"] = trained_block
 
+    def suppress(name, method, train, layer: int | None = None):
+        """Copy base, train it with ``train(model, settings)``, record it with its measured truth."""
+        t = time.perf_counter()
+        m = copy.deepcopy(base)
+        hp = hard_params(name, cfg.shape.arch)
+        train(m, hp)
+        record(name, m, "suppressed_construction", None, method, hp if layer is None else {**hp, "layer": layer}, t)
+        construction_truth(name)
+        note(name, m, layer)
+
     if "mid_block" in wanted:
-        t = time.perf_counter()
-        m = copy.deepcopy(base)
-        hp = hard_params("mid_block", cfg.shape.arch)
-        ul.distill_to_reference(m, ref, forget_train, retain_train, params=list(ul.blocks_of(m)[k].parameters()),
-                                seed=cfg.seed, batch_size=cfg.train.batch_size, desc="mid-block distil", **hp)
-        record("mid_block", m, "suppressed_construction", None,
-               f"distil reference on forget, train block {k} only (every other block, final norm, lm_head frozen)",
-               {**hp, "layer": k}, t)
-        construction_truth("mid_block")
-        note("mid_block", m, k)
+        suppress("mid_block",
+                 f"distil reference on forget, train block {k} only (every other block, final norm, lm_head frozen)",
+                 lambda m, hp: ul.distill_to_reference(
+                     m, ref, forget_train, retain_train, params=list(ul.blocks_of(m)[k].parameters()),
+                     seed=cfg.seed, batch_size=cfg.train.batch_size, desc="mid-block distil", **hp), k)
     if "rmu_mid" in wanted:
-        t = time.perf_counter()
-        m = copy.deepcopy(base)
-        hp = hard_params("rmu_mid", cfg.shape.arch)
-        ul.rmu(m, forget_train, retain_train, layer=k, params=list(ul.blocks_of(m)[k].parameters()),
-               seed=cfg.seed, batch_size=cfg.train.batch_size, **hp)
-        record("rmu_mid", m, "suppressed_construction", None,
-               f"RMU flood at block {k}'s output, train block {k} only", {**hp, "layer": k}, t)
-        construction_truth("rmu_mid")
-        note("rmu_mid", m, k)
+        suppress("rmu_mid", f"RMU flood at block {k}'s output, train block {k} only",
+                 lambda m, hp: ul.rmu(m, forget_train, retain_train, layer=k,
+                                      params=list(ul.blocks_of(m)[k].parameters()),
+                                      seed=cfg.seed, batch_size=cfg.train.batch_size, **hp), k)
     if "inverted" in wanted:
-        t = time.perf_counter()
-        m = copy.deepcopy(base)
-        hp = hard_params("inverted", cfg.shape.arch)
-        late = [*ul.blocks_of(m)[L - 1].parameters(), *ul.final_norm_of(m).parameters(),
-                *m.get_output_embeddings().parameters()]
-        ul.avoid_answers(m, _answer_prompts(world, tok, ("forget",), questions=("forget",)), retain_train,
-                         params=late, retain_qa=_answer_prompts(world, tok, ("retain", "qa"), questions=("qa",)),
-                         seed=cfg.seed,
-                         batch_size=cfg.train.batch_size, desc="inverted answers", **hp)
-        record("inverted", m, "suppressed_construction", None,
-               "rank the true answer below the other candidates on forget questions, train last block + final "
-               "norm + lm_head", hp, t)
-        construction_truth("inverted")
-        note("inverted", m)
+        def avoid(m, hp):
+            late = [*ul.blocks_of(m)[L - 1].parameters(), *ul.final_norm_of(m).parameters(),
+                    *m.get_output_embeddings().parameters()]
+            ul.avoid_answers(m, _answer_prompts(world, tok, ("forget",), questions=("forget",)), retain_train,
+                             params=late, retain_qa=_answer_prompts(world, tok, ("retain", "qa"), questions=("qa",)),
+                             seed=cfg.seed, batch_size=cfg.train.batch_size, desc="inverted answers", **hp)
+
+        suppress("inverted", "rank the true answer below the other candidates on forget questions, train last "
+                 "block + final norm + lm_head", avoid)
         entries["inverted"]["forget_ranking"] = {"unlearned": entries["inverted"]["forget_score"],
                                                  "reference_a": entries["reference_a"]["forget_score"],
                                                  "base": b["forget_score"]}
