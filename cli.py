@@ -472,6 +472,9 @@ def calibrate_cmd(
              "only, one 10-step relearn budget) or 'default' (each lens's default options, as `audit run`). "
              "Default: the preset's own (small: light; default: default). With the same --suites, a second run "
              "with the other grids audits the same organisms.")] = None,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="Continue a stopped calibration in the same --out: finished organisms are read back, not "
+                         "re-audited, when their inputs and settings match.")] = False,
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()
@@ -479,7 +482,7 @@ def calibrate_cmd(
 
     try:
         res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference,
-                        grids=grids)
+                        grids=grids, resume=resume)
     except InputError as e:
         _fail(e)
     labels = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")

@@ -124,6 +124,7 @@ def with_grids(p: Preset, grids: str | None) -> Preset:
 
 # the open-answer world (issue 17: one birth town per person, no answer shared across items)
 _OPEN = open_answer_suite(0)
+_OPEN_WORLD = _OPEN.world.model_copy(update={"n_people": 200, "n_forget": 80, "n_qa": 60})
 
 PRESETS: dict[str, Preset] = {
     # runs in CI: one seed per architecture, one small world, construction organisms only
@@ -154,19 +155,24 @@ PRESETS: dict[str, Preset] = {
         # base trained retain-only first, then retain + forget: lineage is B's own phase-1
         # checkpoint continued on retain only (issue 18), not a same-initialisation retrain
         two_phase_base=True,
+        # every closed-answer world is the small preset's: 150 people, 80 forget people (240
+        # items; 160 with two attributes), answers balanced within each group. The 40-60-person
+        # unbalanced worlds of the first default-preset run left never-trained models DELETED in
+        # 5 of 24 (docs/calibration.md): the prior over values and 120 items put one reading
+        # just outside the ±0.15 band. Checked on seeds 100-102 before seeds 0-2 were run.
         variants=[
-            Variant(name="people150", world=WorldConfig(), shape=_SMALL_SHAPE, train=TrainConfig(steps=800),
+            Variant(name="people150", world=_SMALL_WORLD, shape=_SMALL_SHAPE, train=TrainConfig(steps=800),
                     seeds=[0]),
-            Variant(name="wide-people100", world=WorldConfig(n_people=100, n_forget=40, n_qa=30),
+            Variant(name="wide", world=_SMALL_WORLD,
                     shape=ModelShape(d_model=128, n_layers=3, n_heads=4, d_mlp=512), train=TrainConfig(steps=800),
                     seeds=[1]),
-            Variant(name="deep-two-attributes", world=WorldConfig(attributes=["city", "job"]),
+            Variant(name="deep-two-attributes", world=_SMALL_WORLD.model_copy(update={"attributes": ["city", "job"]}),
                     shape=ModelShape(d_model=64, n_layers=5, n_heads=4, d_mlp=256), train=TrainConfig(steps=800),
                     seeds=[2]),
-            # issue 18: the open-answer world (audit.organisms.open_answer_suite: birth_town only,
-            # 40 forget people). Every construction builds there; reference_skewed, which
-            # needs a closed attribute, is skipped by build_suite
-            Variant(name="open-answers", world=_OPEN.world, shape=_OPEN.shape, train=_OPEN.train,
+            # issue 18: the open-answer world (audit.organisms.open_answer_suite: birth_town only),
+            # with 80 forget people rather than its 40 (one item per person). Every construction
+            # builds there; reference_skewed, which needs a closed attribute, is skipped by build_suite
+            Variant(name="open-answers", world=_OPEN_WORLD, shape=_OPEN.shape, train=TrainConfig(steps=800),
                     head_only_steps=_OPEN.head_only_steps, seeds=[0]),
         ],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
@@ -315,11 +321,13 @@ def suite_config(variant: Variant, arch: str, seed: int, p: Preset) -> SuiteConf
 
 
 def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: str, out: str,
-                     preset_d: dict[str, Any], threads: int | None) -> dict[str, Any]:
+                     preset_d: dict[str, Any], threads: int | None, resume: bool = False) -> dict[str, Any]:
     """Build (or reuse) one suite and audit its organisms; returns its run record and rows.
 
     Runs in a worker process under ``--jobs``; also writes ``OUT/<suite>/calibration_rows.json``,
-    so the suites already finished are kept when a long calibration is stopped.
+    so the suites already finished are kept when a long calibration is stopped. With ``resume``,
+    organisms whose audits finished under the same inputs and settings are read back
+    (:func:`audit.suite.audit_suite`).
     """
     if threads:
         import torch
@@ -335,7 +343,8 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     log.info("calibration suite %s", tag)
     man = build_suite(suite_dir, cfg)
     t_build = time.perf_counter() - t
-    kw = {"lenses": p.lenses, "seed": seed, "options": {"lens_options": p.lens_options}}
+    kw: dict[str, Any] = {"lenses": p.lenses, "seed": seed, "options": {"lens_options": p.lens_options},
+                          "resume": resume}
     t = time.perf_counter()
     audited = [(out_dir, a) for a in audit_suite(suite_dir, out_dir, **kw)]
     run = {"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
@@ -373,7 +382,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
 
 def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | Path | None = None,
               render: bool = True, jobs: int = 1, threads: int | None = None,
-              no_reference: bool | None = None, grids: str | None = None) -> dict[str, Any]:
+              no_reference: bool | None = None, grids: str | None = None, resume: bool = False) -> dict[str, Any]:
     """Build/reuse suites, audit every organism, write ``calibration.json`` (+ ``calibration.html``).
 
     Args:
@@ -392,6 +401,10 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
             options, the strength ``audit run`` uses); ``None``: the preset's own (light in
             the small preset, default in the default preset). Running one preset both ways
             with the same ``suites`` gives the two tables side by side on the same organisms.
+        resume: continue a stopped calibration into the same ``out``: an organism whose
+            ``audit_log.json`` finished with the same settings, checkpoint and item contents,
+            policy and package version is read back, not audited again; the others resume
+            from their finished lenses. The timings then cover this session only.
     """
     if isinstance(preset, str):
         if preset not in PRESETS:
@@ -413,7 +426,8 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         raise InputError("the calibration preset selects no (variant, architecture, seed) suite")
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    args = [(v.model_dump(), arch, seed, str(suites), str(out), p.model_dump(), threads) for v, arch, seed in tasks]
+    args = [(v.model_dump(), arch, seed, str(suites), str(out), p.model_dump(), threads, resume)
+            for v, arch, seed in tasks]
     if jobs == 1:
         done = [_calibrate_suite(*a) for a in args]
     else:
@@ -433,6 +447,7 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         "rows": rows,
         "runs": runs,
         "total_s": round(time.perf_counter() - t0, 1),
+        "resumed": resume,
         "machine": {"nproc": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": _torch_version(), "jobs": jobs, "torch_threads_per_job": threads},
     }

@@ -8,7 +8,12 @@ from typing import Any
 
 from audit.config import AuditConfig
 from audit.errors import InputError
-from audit.run import run
+from audit.items import items_hash, load_item_set
+from audit.models import content_hash
+from audit.policy import load_policy
+from audit.progress import log as logger
+from audit.run import library_versions, run
+from audit.schema import AuditLog, read_log
 
 # the checkpoints that are audited as "unlearned" models (base and reference_a are end points);
 # a lineage reference (issue 18) is audited like the never-trained ones, with reference_a as N
@@ -24,13 +29,19 @@ def read_manifest(suite: str | Path) -> dict[str, Any]:
 
 def audit_suite(
     suite: str | Path, out: str | Path, *, lenses: list[str] | None = None, only: list[str] | None = None,
-    seed: int = 0, options: dict[str, Any] | None = None, reference: bool = True,
+    seed: int = 0, options: dict[str, Any] | None = None, reference: bool = True, resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
 
     A suite without ``reference_a`` (``audit organisms build --from smollm2``), or any suite
     with ``reference=False`` (the calibration's no-reference table), is audited without a
     reference: the same organisms, N withheld.
+
+    With ``resume``, an organism whose ``OUT/<organism>/audit_log.json`` finished under the
+    same settings, checkpoint and item contents, policy and package version (see
+    :func:`_stale`) is not audited again: its row is read back from that log. Any other
+    organism runs with ``AuditConfig(resume=True)``, so one stopped mid-way continues from
+    its finished lenses.
 
     Writes ``OUT/<organism>/audit_log.json`` and ``report.html`` per organism and
     ``OUT/summary.json``; returns one row per organism (truth vs verdict).
@@ -43,7 +54,7 @@ def audit_suite(
         lens_options = dict(options.get("lens_options") or {})
         lens_options["sae"] = {"text": texts, **(lens_options.get("sae") or {})}
         options["lens_options"] = lens_options
-    rows = []
+    rows, reused = [], []
     for name, entry in man["checkpoints"].items():
         if entry["role"] not in AUDITED_ROLES or name == "reference_a" or (only and name not in only):
             continue
@@ -52,9 +63,13 @@ def audit_suite(
             # a real-model suite has no never-trained model: its end points are then estimated
             reference=str(suite / "reference_a") if reference and "reference_a" in man["checkpoints"] else None,
             forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
-            lenses=lenses or ["behavior"], seed=seed, **options,
+            lenses=lenses or ["behavior"], seed=seed, resume=resume, **options,
         )
-        log = run(cfg)
+        log = _finished(cfg) if resume else None
+        if log is None:
+            log = run(cfg)
+        else:
+            reused.append(name)
         v = log.verdicts[0]
         rows.append({
             "organism": name, "role": entry["role"], "truth": entry["truth"], "reference": cfg.reference is not None,
@@ -62,6 +77,71 @@ def audit_suite(
             "reason": v.reason, "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
             "report": str(out / name / "report.html"),
         })
+    if resume:
+        logger.info("%s: %d organism(s) read back from their finished audits%s", out, len(reused),
+                    f" ({', '.join(reused)})" if reused else "")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+# AuditConfig fields that change no result: where the log goes, resources, caches, resume itself
+_RESOURCE_FIELDS = ("out", "batch_size", "cache_dir", "resume")
+
+
+def _plain(d: dict[str, Any]) -> Any:
+    # through JSON, so a dumped model and one read back from a log compare alike (tuples, 1 vs 1.0)
+    return json.loads(json.dumps(d, sort_keys=True, default=str))
+
+
+def _settings(config: dict[str, Any]) -> Any:
+    return _plain({k: v for k, v in config.items() if k not in _RESOURCE_FIELDS})
+
+
+def _stale(cfg: AuditConfig, log: AuditLog) -> str | None:
+    """Why ``log`` is not what ``run(cfg)`` would produce now (None: it is).
+
+    Compared: every setting of ``cfg`` but :data:`_RESOURCE_FIELDS` (paths, lenses, lens
+    options, seed, dtype, item format, ...); the content hash of each checkpoint (a rebuilt
+    suite keeps its paths); the forget and retain items as loaded (items the model changed,
+    by a chat template or by dropping, never match, so such a log is always redone); the
+    policy; and the package version.
+    """
+    if log.status != "success" or log.error is not None or not log.verdicts:
+        return "it did not finish"
+    if _settings(log.config) != _settings(cfg.model_dump(mode="json")):
+        return "its settings differ"
+    paths = {"base": cfg.base, "unlearned": cfg.unlearned}
+    paths |= {"reference" if i == 0 else f"reference_{i + 1}": r for i, r in enumerate(cfg.references)}
+    if set(log.models) != set(paths) or any(content_hash(p) != log.models[r].hash for r, p in paths.items()):
+        return "a checkpoint changed"
+    for k in ("forget", "retain"):
+        its = load_item_set(getattr(cfg, k), cfg.format, role=k, qa_template=cfg.qa_template, mc_mode=cfg.mc_mode,
+                            seed=cfg.seed).items[: cfg.max_items]
+        if k not in log.items or items_hash(its) != log.items[k].hash:
+            return f"the {k} items changed"
+    if _plain(log.policy) != _plain(load_policy(cfg.policy).model_dump()):
+        return "the policy changed"
+    if log.versions.get("unlearning-audit") != library_versions().get("unlearning-audit"):
+        return "it was made by another version of the auditor"
+    return None
+
+
+def _finished(cfg: AuditConfig) -> AuditLog | None:
+    """The finished ``audit_log.json`` in ``cfg.out`` if :func:`_stale` finds nothing against it."""
+    p = Path(cfg.out) / "audit_log.json"
+    if not p.is_file():
+        return None
+    try:
+        log = read_log(p)
+        why = _stale(cfg, log)
+    except (InputError, OSError) as e:  # an unreadable log or a missing checkpoint: audit it afresh
+        why = str(e)
+    if why is not None:
+        logger.info("%s: the earlier audit is not reused (%s); auditing again", cfg.out, why)
+        return None
+    if not (Path(cfg.out) / "report.html").is_file():  # the run stopped between the log and its report
+        from reports import render_file
+
+        render_file(p, Path(cfg.out) / "report.html")
+    return log
