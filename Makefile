@@ -36,7 +36,7 @@ browser:
 		"tests/test_report_browser.py will be skipped; install Debian's chromium and chromium-driver to run it"; fi
 
 test: setup browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 # every benchmark of issue #8 (about 15 min on 2 CPU cores); rewrites benchmarks/results.md
 bench: setup smollm2

@@ -151,6 +151,10 @@ def test_default_preset_gives_each_seed_its_own_world():
     assert p.methods and len({(v.world.n_people, tuple(v.world.attributes), v.shape.d_model, v.shape.n_layers)
                               for v in p.variants}) == 4
     assert [v.world.attributes for v in p.variants if v.name == "open-answers"] == [["birth_town"]]
+    # issue 16: every world has ≥ 80 forget people, and closed answers are balanced, so a
+    # never-trained model's prior over values is worth chance on the forget set
+    assert all(v.world.n_forget >= 80 for v in p.variants)
+    assert all(v.world.balanced for v in p.variants if v.name != "open-answers")
 
 
 def test_small_preset_includes_a_mid_network_suppression(small):

@@ -8,7 +8,10 @@ head_only and late_layers, audited here until 2026-11-26, are audited with every
 grids) in tests/test_conformance.py, which asserts their labels too; auditing them a second
 time at the default grids cost about 3 minutes of the 30-minute `make test` budget.
 subject_offset is the SUPPRESSED-truth organism here: the one whose evidence needs steering
-at its default grid.
+at its default grid. noop (NOT_UNLEARNED: behaviour alone decides it) was audited here until
+2026-11-26 too; its label is asserted on the small calibration preset's two suites (every lens
+but SAE, light grids; tests/test_calibrate.py) and with behavior alone in tests/test_cli.py,
+and its full-battery audit at the default grids cost about 2 minutes of `make test`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from audit.registry import available_lenses
 from audit.run import run
 
 BATTERY = ["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k", "similarity"]
-ORGANISMS = ["reference_b", "noop", "subject_offset"]
+ORGANISMS = ["reference_b", "subject_offset"]
 
 
 @pytest.fixture(scope="module")
