@@ -49,11 +49,15 @@ def test_log_round_trips_and_report_rerenders(run_args, suite, tmp_path):
 def test_config_file_and_cli_precedence(suite, tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"base: {suite / 'base'}\nunlearned: {suite / 'noop'}\nforget: {suite / 'forget.jsonl'}\n"
-                   f"retain: {suite / 'retain.jsonl'}\nout: {tmp_path / 'fromfile'}\nseed: 5\nmax_items: 24\n")
+                   f"retain: {suite / 'retain.jsonl'}\nout: {tmp_path / 'fromfile'}\nseed: 5\nmax_items: 24\n"
+                   # behavior alone: this is about where settings come from (the full default
+                   # battery here cost about 50 s of `make test`)
+                   "lenses: [behavior]\n")
     res = runner.invoke(app, ["run", "--config", str(cfg), "--seed", "7"])
     assert res.exit_code == 1, res.output
     log = json.loads((tmp_path / "fromfile" / "audit_log.json").read_text())
     assert log["config"]["seed"] == 7 and log["items"]["forget"]["n_items"] == 24
+    assert log["config"]["lenses"] == ["behavior"] and set(log["lenses"]) == {"behavior"}
     assert "reference" not in log["models"] and "weaker" in log["verdicts"][0]["reason"]
 
 
