@@ -12,7 +12,7 @@ from audit.adapters import prepare_for_model
 from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.errors import InputError, LensError
-from audit.items import items_hash, load_item_set
+from audit.items import ItemSet, items_hash, load_item_set
 from audit.models import check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
@@ -88,6 +88,24 @@ def _groups(items) -> dict[str, list[str]]:
     return out
 
 
+def load_items(config: AuditConfig) -> tuple[dict[str, ItemSet], dict[str, list]]:
+    """The forget and retain item sets as read, and their items cut to ``max_items``."""
+    sets = {k: load_item_set(getattr(config, k), config.format, role=k, qa_template=config.qa_template,
+                             mc_mode=config.mc_mode, seed=config.seed) for k in ("forget", "retain")}
+    items = {k: s.items for k, s in sets.items()}
+    if config.max_items:
+        items = {k: v[: config.max_items] for k, v in items.items()}
+    return sets, items
+
+
+def model_paths(config: AuditConfig) -> dict[str, str]:
+    """Each model role and its checkpoint: base, unlearned, reference, reference_2, ..."""
+    paths = {"base": config.base, "unlearned": config.unlearned}
+    for i, ref in enumerate(config.references):
+        paths["reference" if i == 0 else f"reference_{i + 1}"] = ref
+    return paths
+
+
 def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = None) -> AuditLog:
     """Audit one (base, unlearned, reference) triple on a forget and a retain set.
 
@@ -119,11 +137,7 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
     if unknown:
         logger.warning("options given for lenses that are not run: %s", ", ".join(sorted(unknown)))
 
-    sets = {k: load_item_set(getattr(config, k), config.format, role=k, qa_template=config.qa_template,
-                             mc_mode=config.mc_mode, seed=config.seed) for k in ("forget", "retain")}
-    items = {k: s.items for k, s in sets.items()}
-    if config.max_items:
-        items = {k: v[: config.max_items] for k, v in items.items()}
+    sets, items = load_items(config)
     if len(items["forget"]) < policy.min_items:
         raise InputError(
             f"the forget set has {len(items['forget'])} items; the policy requires at least {policy.min_items} "
@@ -132,9 +146,7 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
     torch.manual_seed(config.seed)
 
     t = time.perf_counter()
-    paths = {"base": config.base, "unlearned": config.unlearned}
-    for i, ref in enumerate(config.references):  # reference, reference_2, reference_3, ...
-        paths["reference" if i == 0 else f"reference_{i + 1}"] = ref
+    paths = model_paths(config)
     models = {
         role: load_model(p, role, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
                          trust_remote_code=config.trust_remote_code)

@@ -8,11 +8,11 @@ from typing import Any
 
 from audit.config import AuditConfig
 from audit.errors import InputError
-from audit.items import items_hash, load_item_set
+from audit.items import items_hash
 from audit.models import content_hash
 from audit.policy import load_policy
 from audit.progress import log as logger
-from audit.run import library_versions, run
+from audit.run import library_versions, load_items, model_paths, run
 from audit.schema import AuditLog, read_log
 
 # the checkpoints that are audited as "unlearned" models (base and reference_a are end points);
@@ -111,13 +111,10 @@ def _stale(cfg: AuditConfig, log: AuditLog) -> str | None:
         return "it did not finish"
     if _settings(log.config) != _settings(cfg.model_dump(mode="json")):
         return "its settings differ"
-    paths = {"base": cfg.base, "unlearned": cfg.unlearned}
-    paths |= {"reference" if i == 0 else f"reference_{i + 1}": r for i, r in enumerate(cfg.references)}
+    paths = model_paths(cfg)
     if set(log.models) != set(paths) or any(content_hash(p) != log.models[r].hash for r, p in paths.items()):
         return "a checkpoint changed"
-    for k in ("forget", "retain"):
-        its = load_item_set(getattr(cfg, k), cfg.format, role=k, qa_template=cfg.qa_template, mc_mode=cfg.mc_mode,
-                            seed=cfg.seed).items[: cfg.max_items]
+    for k, its in load_items(cfg)[1].items():
         if k not in log.items or items_hash(its) != log.items[k].hash:
             return f"the {k} items changed"
     if _plain(log.policy) != _plain(load_policy(cfg.policy).model_dump()):
