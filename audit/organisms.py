@@ -714,12 +714,14 @@ def open_answer_suite(seed: int = 0) -> SuiteConfig:
     A world whose only attribute is ``birth_town`` (40 forget, 40 qa, 40 retain people; every
     item's answer distinct, its distractors other people's towns of the same group, as in
     TOFU), a small model, and only base, reference_a / reference_b (never trained on the
-    forget people) and the head-only suppression. Built in about a minute on 2 CPU cores
-    (docs/calibration.md, "Open-answer organisms").
+    forget people), the head-only suppression and ``lineage`` (a same-initialisation retrain
+    on retain only: never trained on the forget people, but in B's basis, so the logit
+    lens's base-head readings have a reference to count against). Built in about a minute
+    on 2 CPU cores (docs/calibration.md, "Open-answer organisms").
     """
     return SuiteConfig(
         world=WorldConfig(n_people=120, n_forget=40, n_qa=40, attributes=["birth_town"]),
         shape=ModelShape(d_model=64, n_layers=3, n_heads=4, d_mlp=256),
         train=TrainConfig(steps=400),
-        seed=seed, methods=False, nulls=False, constructions=["head_only"], head_only_steps=1000,
+        seed=seed, methods=False, nulls=False, constructions=["head_only", "lineage"], head_only_steps=1000,
     )

@@ -107,8 +107,8 @@ def _logprobs(
 
 @torch.no_grad()
 def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None = None,
-                head: str | None = None) -> dict[str, np.ndarray]:
-    """Every layer's reading of one model on the forget items.
+                head: str | None = None, item_set: str = "forget") -> dict[str, np.ndarray]:
+    """Every layer's reading of one model on an item set (the forget items by default).
 
     Returns:
         ``logprobs`` (layer x item x candidate, 0 = answer; ``-inf`` past an item's last
@@ -124,7 +124,7 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
     """
     model = ctx.models[role]
     head_model = ctx.models[head] if head is not None else model
-    items = ctx.items["forget"]
+    items = ctx.items[item_set]
     plan = plan if plan is not None else _plan(model.tokenizer, items)
     L, n, width = model.n_layers, len(plan.cands), max(len(c) for c in plan.cands)
     lp = torch.zeros(L, n, width, dtype=torch.float32)
@@ -147,7 +147,7 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
         return it, cd, fitem, v.view(n_layers, len(reads)), hit.view(n_layers, len(firsts))
 
     parts = []
-    acts = ctx.activations(role, "forget")  # the prompt's last token predicts every candidate's first token
+    acts = ctx.activations(role, item_set)  # the prompt's last token predicts every candidate's first token
     reads = [(i, i, j, c[0]) for i in range(n) for j, c in enumerate(plan.cands[i])]
     firsts = [(i, i, plan.cands[i][0][0]) for i in range(n)]
     parts.append(add([acts.last[hk] for hk in acts.hooks], reads, firsts))
@@ -200,6 +200,55 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
             "logprobs": lp64.numpy()}
 
 
+BASIS_SHARE = 0.5
+"""A model is in B's basis when B's head, reading its last-layer residual on retain items,
+ranks at least this share of what its own head ranks above chance (:func:`base_basis`)."""
+
+
+def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[str, float | bool]], str]:
+    """Whether U and every reference are in B's basis, read on retain items; and, when not,
+    why the base-head readings cannot count.
+
+    B's head (final norm and unembedding) was trained on the forget facts, so it can hold
+    them itself: a model that shares B's basis (say B's own pre-forget checkpoint, trained
+    on retain only) carries each subject's identity where B's head maps it to the answer,
+    and reads the answer through B's head without ever having learned it (docs/lenses.md).
+    A base-head reading of U is therefore compared only with references in the same basis:
+    U and every reference must rank retain answers through B's head at their last layer at
+    least ``BASIS_SHARE`` of what their own head ranks above chance. Without a reference, or
+    without retain items, there is no such end point and the readings do not count.
+
+    Returns per role (not B) the retain ranking accuracy through its own head (``own``,
+    behavior's scoring), through B's head (``base_head``), chance and ``in_basis``; and a
+    reason ("" when the readings count).
+    """
+    retain = ctx.items.get("retain") or []
+    if not ctx.reference_roles:
+        return {}, ("base-head readings not counted: without a reference there is no knowledge-free model "
+                    "in B's basis to compare them with (B's head may hold the facts itself; docs/lenses.md)")
+    if not retain:
+        return {}, "base-head readings not counted: no retain items to check that U and N are in B's basis"
+    plan = _plan(ctx.models["base"].tokenizer, retain)
+    chance = float(ctx.chance("retain").mean())
+    out: dict[str, dict[str, float | bool]] = {}
+    for r in ctx.roles:
+        if r == "base":
+            continue
+        own = float(ctx.score(r, "retain").correct.mean())
+        via_b = float(read_layers(ctx, r, cfg.top_k, plan, head="base", item_set="retain")["accuracy"][-1].mean())
+        ok = own - chance > 0.1 and via_b - chance >= BASIS_SHARE * (own - chance)
+        out[r] = {"own": round(own, 4), "base_head": round(via_b, 4), "chance": round(chance, 4), "in_basis": ok}
+    outside = [r for r, v in out.items() if not v["in_basis"]]
+    if not outside:
+        return out, ""
+    said = "; ".join(f"{r} {out[r]['base_head']:.0%} (own head {out[r]['own']:.0%})" for r in outside)
+    return out, (f"base-head readings not counted: B's head ranks retain answers first from the last-layer residual "
+                 f"of {said}, chance {chance:.0%}, so {', '.join(outside)} {'is' if len(outside) == 1 else 'are'} "
+                 "not in B's basis and the readings compare unlike models. B's head may hold the facts itself "
+                 "(docs/lenses.md); a reference in B's basis, e.g. B's pre-forget checkpoint trained further on "
+                 "retain only, makes them count")
+
+
 @register_lens("logit_lens", LogitLensConfig, "each layer's residual through the final norm and unembedding")
 def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
     """Per-layer candidate log-probs (teacher-forced), knowledge score and gold-in-top-k on B, U, N."""
@@ -233,10 +282,15 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
     # cannot hide what U's residual stream still carries (the read-out that B itself uses)
     d_model = {r: ctx.models[r].d_model for r in ctx.roles}
     bh_rows: list[Recovery] = []
+    basis: dict[str, dict[str, float | bool]] = {}
     if len(set(d_model.values())) == 1:
         bh = {r: reads[r] if r == "base" else read_layers(ctx, r, cfg.top_k, plan, head="base") for r in ctx.roles}
+        basis, why_not = base_basis(ctx, cfg)
+        if why_not:
+            notes.append(why_not)
         for layer in range(L):
-            bh_rows.append(ctx.recovery({r: bh[r][cfg.metric][layer] for r in bh}, reading=f"base head, layer {layer}"))
+            rec = ctx.recovery({r: bh[r][cfg.metric][layer] for r in bh}, reading=f"base head, layer {layer}")
+            bh_rows.append(rec.model_copy(update={"informative": False}) if why_not else rec)
         q = max(range(L), key=lambda i: bh_rows[i].score_base - bh_rows[i].score_reference)
         recs.append(bh_rows[q].model_copy(update={"reading": f"base head, layer {q} (most powerful)"}))
         inf_bh = [i for i in range(L) if bh_rows[i].informative and np.isfinite(bh_rows[i].value)]
@@ -253,6 +307,7 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
         "per_layer": {m: {r: reads[r][m].mean(1).round(4).tolist() for r in reads} for m in ("accuracy", "soft", "topk")},
         "per_layer_base_head": {m: {r: bh[r][m].mean(1).round(4).tolist() for r in bh} for m in ("accuracy", "soft")},
         "base_head_recoveries": [r.model_dump() for r in bh_rows],
+        "base_head_basis": basis, "base_head_basis_share": BASIS_SHARE,
         "layer_recoveries": [r.model_dump() for r in rows],
         "chance": float(chance.mean()), "top_k": cfg.top_k, "metric": cfg.metric,
         "readout": "teacher-forced candidate log-prob (summed over its tokens), scoring's candidate tokens",

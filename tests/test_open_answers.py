@@ -67,9 +67,9 @@ def test_open_answers_are_distinct_and_base_knows_them_unlike_the_never_trained(
         # value the never-trained model has never seen as an answer of anyone
         assert all(set(it.distractors) <= set(answers) - {it.answer} for it in items)
     c, chance = open_manifest["checkpoints"], open_manifest["chance"]
-    assert set(c) == {"base", "reference_a", "reference_b", "head_only"}
+    assert set(c) == {"base", "reference_a", "reference_b", "head_only", "lineage"}
     assert c["base"]["forget_score"] >= 0.95 and c["base"]["forget_greedy"] >= 0.9
-    for k in ("reference_a", "reference_b"):  # never trained on the forget people: chance
+    for k in ("reference_a", "reference_b", "lineage"):  # never trained on the forget people: chance
         assert c[k]["forget_score"] <= chance + 0.15 and c[k]["forget_greedy"] <= 0.05, (k, c[k])
         assert c[k]["retain_score"] >= 0.95, (k, c[k])
     # the forget towns are words no retain fact uses: the head alone can unlearn them
@@ -110,9 +110,10 @@ def tofu_dir(open_suite, open_manifest, tmp_path_factory) -> Path:
     return tofu
 
 
-def _run_tofu(open_suite: Path, tofu: Path, unlearned: str, out: Path) -> tuple[dict, int, str]:
+def _run_tofu(open_suite: Path, tofu: Path, unlearned: str, out: Path, reference: str = "reference_a",
+              ) -> tuple[dict, int, str]:
     args = ["run", "--base", str(open_suite / "base"), "--unlearned", str(open_suite / unlearned),
-            "--reference", str(open_suite / "reference_a"), "--forget", str(tofu), "--retain", str(tofu),
+            "--reference", str(open_suite / reference), "--forget", str(tofu), "--retain", str(tofu),
             "--qa-template", "question : {question} answer :", "--out", str(out),
             "--lenses", "behavior,linear_probe,logit_lens"]
     res = runner.invoke(app, args)
@@ -143,17 +144,49 @@ def test_tofu_layout_open_answers_run_end_to_end(head_only_tofu_log):
     assert head_only_tofu_log["lenses"]["linear_probe"]["data"]["read_out"] == "truth_probe"
 
 
-def test_tofu_layout_open_answers_have_an_informative_representation_reading(head_only_tofu_log):
+def _base_head(log: dict) -> list[dict]:
+    return [r for r in log["lenses"]["logit_lens"]["recoveries"] if r["reading"].startswith("base head")]
+
+
+def test_base_head_readings_do_not_count_against_a_reference_outside_bs_basis(head_only_tofu_log):
     # the truth probe reads these organisms at chance (B 0.27 vs N 0.23 at 183a613; see
     # docs/calibration.md): their knowledge sits at the prompt's last token along B's
-    # unembedding rows, which the logit lens's base-head read-out reads for any answer string
-    probe = head_only_tofu_log["lenses"]["logit_lens"]
-    informative = [r for r in probe["recoveries"] if r["informative"] and r["reading"].startswith("base head")]
-    assert informative, (probe["notes"], probe["recoveries"])
-    # B reads far above N, and U (B's trunk under a retrained head) as B: SUPPRESSED, its construction truth
+    # unembedding rows, which only B's head reads. reference_a, trained from another
+    # initialisation, is not in B's basis (B's head ranks its retain answers at chance), so
+    # it is no knowledge-free end point for that reading: shown, not counted, and the note
+    # says why. head_only is then not DELETED (its construction truth is SUPPRESSED).
+    ll = head_only_tofu_log["lenses"]["logit_lens"]
+    basis = ll["data"]["base_head_basis"]
+    assert basis["unlearned"]["in_basis"] and not basis["reference"]["in_basis"], basis
+    assert basis["reference"]["base_head"] <= basis["reference"]["chance"] + 0.15, basis
+    rows = _base_head(head_only_tofu_log)
+    assert rows and not any(r["informative"] for r in rows), rows
+    assert max(r["score_unlearned"] - r["score_reference"] for r in rows) >= 0.5, rows  # what it would have said
+    assert any("not in B's basis" in n for n in ll["notes"]), ll["notes"]
+    assert head_only_tofu_log["verdicts"][0]["label"] != "DELETED", head_only_tofu_log["verdicts"][0]["reason"]
+
+
+def test_base_head_readings_count_against_a_reference_in_bs_basis(open_suite, tofu_dir, tmp_path):
+    # lineage (a retain-only retrain from B's initialisation) never saw a forget fact and is in
+    # B's basis: against it, head_only (B's trunk under a retrained head) reads as B through
+    # B's head, SUPPRESSED, its construction truth
+    log, _, label = _run_tofu(open_suite, tofu_dir, "head_only", tmp_path / "run", reference="lineage")
+    basis = log["lenses"]["logit_lens"]["data"]["base_head_basis"]
+    assert basis["unlearned"]["in_basis"] and basis["reference"]["in_basis"], basis
+    informative = [r for r in _base_head(log) if r["informative"]]
+    assert informative, _base_head(log)
     assert max(r["score_base"] - r["score_reference"] for r in informative) >= 0.5, informative
     assert max(r["ci_low"] for r in informative) > 0.3, informative
-    assert head_only_tofu_log["verdicts"][0]["label"] == "SUPPRESSED", head_only_tofu_log["verdicts"][0]["reason"]
+    assert label == "SUPPRESSED", log["verdicts"][0]["reason"]
+
+
+def test_a_u_from_bs_lineage_is_not_suppressed_through_bs_head(open_suite, tofu_dir, tmp_path):
+    # the false SUPPRESSED of docs/calibration.md: U in B's basis that never learned the facts,
+    # N outside it. Whatever B's head reads from U, it does not count
+    log, _, label = _run_tofu(open_suite, tofu_dir, "lineage", tmp_path / "run")
+    assert log["lenses"]["logit_lens"]["data"]["base_head_basis"]["unlearned"]["in_basis"]
+    assert not any(r["informative"] for r in _base_head(log)), _base_head(log)
+    assert label != "SUPPRESSED", log["verdicts"][0]["reason"]
 
 
 def test_tofu_layout_never_trained_u_recovers_nothing(open_suite, tofu_dir, tmp_path):
