@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+import json
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,13 +13,40 @@ import numpy as np
 
 from audit.activations import Activations, capture
 from audit.config import AuditConfig
-from audit.items import KnowledgeItem
-from audit.models import LoadedModel
+from audit.atomic import atomic_path
+from audit.items import KnowledgeItem, items_hash
+from audit.models import LoadedModel, cache_root
 from audit.schema import Recovery
 from audit.scoring import ScoreResult, logit_scale, score_items
 from audit.stats import cluster_ids, recovery
 
+log = logging.getLogger(__name__)
 ROLES = ("base", "unlearned", "reference")
+SCORE_CACHE_VERSION = "1"
+"""Part of every score cache key: bump it when :func:`audit.scoring.score_items` changes what it computes."""
+
+
+def cached_scores(m: LoadedModel, items: Sequence[KnowledgeItem], batch_size: int, model_name: str) -> ScoreResult:
+    """:func:`audit.scoring.score_items` of a loaded model, read from ``$AUDIT_CACHE/scores``
+    when the same checkpoint content scored the same items before (same batch size, device,
+    dtype and torch), as the activation cache does. Audits that share B or N (a
+    calibration, a sweep, a re-run) score each of them once. An unreadable entry is
+    recomputed, never trusted."""
+    import torch
+
+    dtype = next(m.hf.parameters()).dtype
+    blob = "|".join([SCORE_CACHE_VERSION, m.hash, items_hash(items), str(batch_size), str(m.device), str(dtype),
+                     torch.__version__])
+    path = cache_root() / "scores" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return ScoreResult.from_dict(json.loads(path.read_text()))
+        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed)
+            log.warning("score cache entry %s is unreadable (%s); recomputing it", path, e)
+    out = score_items(m.forward, m.tokenizer, items, batch_size=batch_size, device=m.device, model_name=model_name)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(out.to_dict()))
+    return out
 PRIOR_PLACEHOLDERS = 4
 """Names no model saw, per item, that :meth:`AuditContext.prior_logprobs` averages over."""
 
@@ -92,10 +122,8 @@ class AuditContext:
         key = (role, item_set)
         if key not in self._scores:
             m = self.models[role]
-            self._scores[key] = score_items(
-                m.forward, m.tokenizer, self.items[item_set], batch_size=self.config.batch_size, device=m.device,
-                model_name=f"{role} model ({m.path})",
-            )
+            self._scores[key] = cached_scores(m, self.items[item_set], self.config.batch_size,
+                                              f"{role} model ({m.path})")
         return self._scores[key]
 
     def temperature(self, role: str) -> float:
@@ -160,8 +188,8 @@ class AuditContext:
             flat = [(i, c) for i, cs in enumerate(ph) if cs for c in cs]
             if flat:
                 m = self.models[role]
-                s = score_items(m.forward, m.tokenizer, [c for _, c in flat], batch_size=self.config.batch_size,
-                                device=m.device, model_name=f"{role} model ({m.path}), subject replaced")
+                s = cached_scores(m, [c for _, c in flat], self.config.batch_size,
+                                  f"{role} model ({m.path}), subject replaced")
                 rows: dict[int, list[list[float]]] = {}
                 for (i, _), lp in zip(flat, s.candidate_logprobs, strict=True):
                     rows.setdefault(i, []).append(lp)

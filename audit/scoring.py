@@ -122,6 +122,20 @@ class ScoreResult:
     of greedy exact match: a model that names a candidate from its prior alone names the answer
     as often as any one distractor."""
 
+    def to_dict(self) -> dict:
+        """A JSON-able copy (for the on-disk score caches)."""
+        gd = self.greedy_distractors
+        return {"candidate_logprobs": self.candidate_logprobs, "margins": np.asarray(self.margins).tolist(),
+                "correct": np.asarray(self.correct).tolist(), "greedy": np.asarray(self.greedy).tolist(),
+                "greedy_distractors": None if gd is None else np.asarray(gd).tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScoreResult:
+        gd = d["greedy_distractors"]
+        return cls(candidate_logprobs=d["candidate_logprobs"], margins=np.asarray(d["margins"], dtype=float),
+                   correct=np.asarray(d["correct"], dtype=bool), greedy=np.asarray(d["greedy"], dtype=bool),
+                   greedy_distractors=None if gd is None else np.asarray(gd, dtype=float))
+
     @property
     def score(self) -> float:
         """The knowledge score S: fraction of items ranked correctly."""

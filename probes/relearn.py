@@ -13,12 +13,20 @@ often undoes unlearning too; the forget set is scored afterwards.
 Both report a curve over fine-tuning steps; the verdict reads each variant at the full
 step budget (the largest step count). Fine-tuning always runs on a copy; the
 loaded models' weights are hashed before and after to prove they were not touched.
+
+Each fine-tuning run's scores are cached on disk (``$AUDIT_CACHE/relearn``), keyed by
+everything the run reads: the checkpoint's content hash, the training and scored items,
+the step grid, learning rate, batch sizes, seed, device, dtype and torch version. Audits
+that share B or N (a calibration, a sweep, an audit re-run with and without a reference)
+fine-tune each of them once.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import json
+import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -31,12 +39,18 @@ from torch import nn
 
 from audit.context import AuditContext
 from audit.errors import LensError
-from audit.items import KnowledgeItem
+from audit.atomic import atomic_path
+from audit.items import KnowledgeItem, items_hash
+from audit.models import LoadedModel, cache_root
 from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, encode_prompt, score_items
 from audit.unlearning import batches, lm_loss
+
+log = logging.getLogger(__name__)
+RELEARN_CACHE_VERSION = "1"
+"""Part of every relearn cache key: bump it when :func:`relearn_curve` changes what it computes."""
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -115,6 +129,34 @@ def relearn_curve(
     return out
 
 
+def cached_relearn_curve(
+    model: LoadedModel, train: Sequence[KnowledgeItem], evals: Mapping[str, Sequence[KnowledgeItem]],
+    steps: Sequence[int], *, lr: float, batch_size: int, seed: int, eval_batch_size: int = 32, desc: str = "relearn",
+) -> dict[int, dict[str, ScoreResult]]:
+    """:func:`relearn_curve` of a loaded model, read from the on-disk cache when the same run
+    was made before (same checkpoint content, items, grid, settings, device, dtype, torch).
+
+    An unreadable entry is recomputed, never trusted.
+    """
+    dtype = next(model.hf.parameters()).dtype
+    blob = "|".join([RELEARN_CACHE_VERSION, model.hash, items_hash(train),
+                     *(f"{k}:{items_hash(v)}" for k, v in sorted(evals.items())), repr(sorted(set(steps))), repr(lr),
+                     str(batch_size), str(seed), str(eval_batch_size), str(model.device), str(dtype), torch.__version__])
+    path = cache_root() / "relearn" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            d = json.loads(path.read_text())
+            return {int(s): {k: ScoreResult.from_dict(v) for k, v in per.items()} for s, per in d.items()}
+        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed)
+            log.warning("relearn cache entry %s is unreadable (%s); recomputing it", path, e)
+    out = relearn_curve(model.hf, model.tokenizer, train, evals, steps, lr=lr, batch_size=batch_size, seed=seed,
+                        eval_batch_size=eval_batch_size, device=model.device, desc=desc)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps({str(s): {k: v.to_dict() for k, v in per.items()} for s, per in out.items()}))
+    return out
+
+
 class RelearnConfig(LensConfig):
     metric: Literal["soft", "accuracy"] = "soft"
     """Per-item score behind recovery: ``soft`` (the answer's probability share among
@@ -188,9 +230,9 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
                 evals = {"target": _sub(forget, target_idx)}
                 if role == "unlearned":
                     evals["retain"] = side
-                by_seed[sd][run][role] = relearn_curve(
-                    m.hf, m.tokenizer, train, evals, steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=sd,
-                    eval_batch_size=ctx.config.batch_size, device=m.device, desc=f"relearn {run} {role} seed {sd}")
+                by_seed[sd][run][role] = cached_relearn_curve(
+                    m, train, evals, steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=sd,
+                    eval_batch_size=ctx.config.batch_size, desc=f"relearn {run} {role} seed {sd}")
                 seconds[f"{run}:{role}:seed{sd}"] = round(time.perf_counter() - t, 3)
     curves = by_seed[seeds[0]]
 

@@ -334,3 +334,43 @@ def test_attacks_run_through_the_cli_and_the_log_round_trips(run_args, suite, tm
     for sid in ATTACKS:
         assert f"<section id=\"{sid}\">" in html
     assert "leak@k over 32 samples" in html and "Fine-tune on one half of the forget subjects" in html
+
+
+def test_relearn_runs_are_cached_by_everything_they_read(suite, monkeypatch, tmp_path):
+    # a fine-tuning run is made once per (checkpoint content, items, grid, settings): audits
+    # that share B or N reuse it, bit for bit; any change to what the run reads is a new run,
+    # and an unreadable entry is recomputed
+    import probes.relearn as R
+    from audit.items import load_items
+    from audit.models import load_model
+
+    monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = R.relearn_curve
+    monkeypatch.setattr(R, "relearn_curve", lambda *a, **k: calls.append(k["lr"]) or real(*a, **k))
+    m = load_model(suite / "reference_a", "reference")
+    forget = load_items(suite / "forget.jsonl")
+    train, evals = forget[:8], {"target": forget[8:16]}
+
+    def curve(**kw):
+        args = {"lr": 1e-4, "batch_size": 4, "seed": 0, **kw}
+        return R.cached_relearn_curve(m, train, evals, [2, 4], **args)
+
+    first, again = curve(), curve()
+    assert calls == [1e-4]
+    for s in (2, 4):
+        a, b = first[s]["target"], again[s]["target"]
+        assert a.candidate_logprobs == b.candidate_logprobs and np.array_equal(a.correct, b.correct)
+        assert np.array_equal(a.greedy, b.greedy) and np.allclose(a.margins, b.margins)
+    # the cached scores are those of a real run: training moved them
+    assert first[4]["target"].candidate_logprobs != first[2]["target"].candidate_logprobs
+    curve(lr=2e-4)
+    curve(seed=1)
+    assert calls == [1e-4, 2e-4, 1e-4]
+    entries = sorted((tmp_path / "cache" / "relearn").glob("*.json"))
+    assert len(entries) == 3
+    for e in entries:
+        e.write_text("{not json")
+    curve()
+    assert len(calls) == 4
+    assert weights_hash(m.hf) == weights_hash(load_model(suite / "reference_a", "reference").hf)
