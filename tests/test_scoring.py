@@ -60,13 +60,14 @@ def _near_reference(**extra):
 
 
 def test_deleted_bounds_the_recovery_itself_not_its_excess_over_controls():
-    # SPEC §5: DELETED needs every primary recovery CI upper bound ≤ τ_d (0.15)
+    # SPEC §5: DELETED needs every primary recovery CI upper bound ≤ τ_d (0.25 by default)
     from audit.verdict import decide
 
     # random directions that hurt U (controls at -0.1) must not raise the bar ...
     assert decide(_near_reference(steering=_lens("steering", 0.01, -0.1, 0.12, control=-0.1))).label == "DELETED"
-    # ... nor controls that also "recover" lower it: recovery up to 0.25 is not bounded below 0.15
-    v = decide(_near_reference(steering=_lens("steering", 0.12, 0.0, 0.25, control=0.15)))
+    # ... nor controls that also "recover" lower it: recovery up to 0.35 is not bounded below
+    # the band (0.25), though its excess over the controls (0.05) is
+    v = decide(_near_reference(steering=_lens("steering", 0.2, 0.05, 0.35, control=0.15)))
     assert v.label == "INCONCLUSIVE" and "steering" in v.reason
     # SUPPRESSED still reads the excess over the controls: 0.5 recovery over controls at 0.3 is not enough
     assert decide(_near_reference(steering=_lens("steering", 0.5, 0.35, 0.65, control=0.3))).label == "INCONCLUSIVE"

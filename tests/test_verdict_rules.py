@@ -2,6 +2,9 @@
 
 Each row builds the readings of one audit and names the label the rules must give. The
 first five groups are the five ways the earlier DELETED rule was looser than SPEC §5.
+The table's numbers are written against a deletion band of 0.15 (``BAND``), the default
+until the default preset's worlds widened it to 0.25 (docs/verdict.md); the rules are the
+same at any band.
 """
 
 from __future__ import annotations
@@ -10,6 +13,8 @@ import pytest
 
 from audit.schema import LensResult, Recovery
 from audit.verdict import Thresholds, decide, group_verdicts
+
+BAND = Thresholds(tau_d=0.15)
 
 
 def rec(reading="r", value=0.0, lo=None, hi=None, *, kind="primary", control=None, informative=True,
@@ -165,7 +170,7 @@ CASES = [
 
 @pytest.mark.parametrize(("name", "lenses", "label", "why"), CASES, ids=[c[0] for c in CASES])
 def test_decide(name, lenses, label, why):
-    v = decide(lenses)
+    v = decide(lenses, BAND)
     assert v.label == label, (name, v.reason)
     if why:
         assert why in v.reason, (name, v.reason)
@@ -192,10 +197,20 @@ def test_policy_can_allow_deleted_without_reference():
     assert decide(quiet(end_point="answer prior"), th).label == "DELETED"
 
 
-def test_a_wider_band_accepts_what_the_default_band_does_not():
+def test_the_default_band_is_the_policys_and_wider_than_the_table_band():
+    import yaml
+
+    from audit.policy import DEFAULT_POLICY
+
+    assert Thresholds().tau_d == 0.25
+    assert yaml.safe_load(DEFAULT_POLICY.read_text())["thresholds"]["tau_d"] == 0.25
     case = quiet(relearn=lens("relearn", rec("relearn", 0.08, -0.04, 0.2)))
-    assert decide(case).label == "INCONCLUSIVE"
-    assert decide(case, Thresholds(tau_d=0.25)).label == "DELETED"
+    assert decide(case, BAND).label == "INCONCLUSIVE"
+    assert decide(case).label == "DELETED"
+    # and a recovery whose CI lies between the two bands shows nothing at the default
+    shown = quiet(relearn=lens("relearn", rec("relearn", 0.45, 0.2, 0.7, control=0.1)))
+    assert decide(shown, BAND).label == "SUPPRESSED"
+    assert decide(shown).label == "INCONCLUSIVE"
 
 
 def test_deletion_score_counts_a_u_below_n_as_no_deletion():
