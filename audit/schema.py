@@ -196,7 +196,17 @@ def read_log(path: str | Path) -> AuditLog:
     if not p.is_file():
         raise InputError(f"results file not found: {p}")
     try:
-        return AuditLog.model_validate_json(p.read_text())
+        text = p.read_text(encoding="utf-8")
+        version = json.loads(text).get("version", SCHEMA_VERSION)
+    except ValueError as e:  # not UTF-8, not JSON
+        raise InputError(f"{p} is not a valid audit log: {str(e).splitlines()[0]}") from None
+    except AttributeError:
+        version = SCHEMA_VERSION  # not a JSON object: validation below says what is wrong
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise InputError(f"{p} was written by a newer unlearning-audit (results schema version {version}; this one "
+                         f"reads versions up to {SCHEMA_VERSION}): upgrade unlearning-audit to read it")
+    try:
+        return AuditLog.model_validate_json(text)
     except ValueError as e:
         raise InputError(f"{p} is not a valid audit log: {str(e).splitlines()[0]}") from None
 

@@ -249,6 +249,9 @@ BAD_REPORT = {
                                   "is not a valid audit log"),
     "results file not UTF-8": (lambda log, d: ["--out", str(d / "r.html"), str(_write(d, "b.json", b'{"v": \xff}'))],
                                "is not a valid audit log"),
+    "results file from a newer version": (lambda log, d: ["--out", str(d / "r.html"), str(_write(
+        d, "new.json", log.read_text().replace('"version": 1', '"version": 99', 1)))],
+        "written by a newer unlearning-audit (results schema version 99; this one reads versions up to 1)"),
 }
 
 
