@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,15 +10,15 @@ import numpy as np
 
 from audit.activations import Activations, capture
 from audit.config import AuditConfig
-from audit.atomic import atomic_path
 from audit.items import KnowledgeItem, items_hash
-from audit.models import LoadedModel, cache_root
+from audit.models import LoadedModel, cached_json
 from audit.schema import Recovery
 from audit.scoring import ScoreResult, logit_scale, score_items
 from audit.stats import cluster_ids, recovery
 
-log = logging.getLogger(__name__)
 ROLES = ("base", "unlearned", "reference")
+PRIOR_PLACEHOLDERS = 4
+"""Names no model saw, per item, that :meth:`AuditContext.prior_logprobs` averages over."""
 SCORE_CACHE_VERSION = "1"
 """Part of every score cache key: bump it when :func:`audit.scoring.score_items` changes what it computes."""
 
@@ -30,25 +27,11 @@ def cached_scores(m: LoadedModel, items: Sequence[KnowledgeItem], batch_size: in
     """:func:`audit.scoring.score_items` of a loaded model, read from ``$AUDIT_CACHE/scores``
     when the same checkpoint content scored the same items before (same batch size, device,
     dtype and torch), as the activation cache does. Audits that share B or N (a
-    calibration, a sweep, a re-run) score each of them once. An unreadable entry is
-    recomputed, never trusted."""
-    import torch
-
-    dtype = next(m.hf.parameters()).dtype
-    blob = "|".join([SCORE_CACHE_VERSION, m.hash, items_hash(items), str(batch_size), str(m.device), str(dtype),
-                     torch.__version__])
-    path = cache_root() / "scores" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            return ScoreResult.from_dict(json.loads(path.read_text()))
-        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed)
-            log.warning("score cache entry %s is unreadable (%s); recomputing it", path, e)
-    out = score_items(m.forward, m.tokenizer, items, batch_size=batch_size, device=m.device, model_name=model_name)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(out.to_dict()))
-    return out
-PRIOR_PLACEHOLDERS = 4
-"""Names no model saw, per item, that :meth:`AuditContext.prior_logprobs` averages over."""
+    calibration, a sweep, a re-run) score each of them once."""
+    return cached_json(m, "scores", [SCORE_CACHE_VERSION, items_hash(items), str(batch_size)],
+                       lambda: score_items(m.forward, m.tokenizer, items, batch_size=batch_size, device=m.device,
+                                           model_name=model_name),
+                       ScoreResult.to_dict, ScoreResult.from_dict)
 
 
 def placeholder_names(pool: list[str], known: set[str], k: int, seed: int) -> list[str]:

@@ -13,7 +13,7 @@ import hashlib
 import os
 import pickle
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,32 @@ _HASHED_NAMES = frozenset({
 def cache_root() -> Path:
     """Where converted checkpoints and activation caches live (``$AUDIT_CACHE``)."""
     return Path(os.environ.get("AUDIT_CACHE", Path.home() / ".cache" / "unlearning-audit"))
+
+
+def cached_json(model: LoadedModel, kind: str, parts: Sequence[str], compute: Callable[[], Any],
+                encode: Callable[[Any], Any], decode: Callable[[Any], Any]) -> Any:
+    """``compute()`` of a loaded model, cached as JSON under ``$AUDIT_CACHE/<kind>``.
+
+    The key is the checkpoint's content hash, its device and dtype, the torch version and
+    ``parts`` (everything else the computation reads, a cache version first). An unreadable
+    entry is recomputed, never trusted; a new entry is written atomically.
+    """
+    import json
+
+    from audit.atomic import atomic_path
+
+    dtype = next(model.hf.parameters()).dtype
+    blob = "|".join([*parts, model.hash, str(model.device), str(dtype), torch.__version__])
+    path = cache_root() / kind / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
+    if path.is_file():
+        try:
+            return decode(json.loads(path.read_text()))
+        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed)
+            log.warning("%s cache entry %s is unreadable (%s); recomputing it", kind, path, e)
+    out = compute()
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(encode(out)))
+    return out
 
 
 def hashed_files(path: str | Path) -> list[Path]:

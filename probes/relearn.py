@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
-import logging
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -39,16 +37,14 @@ from torch import nn
 
 from audit.context import AuditContext
 from audit.errors import LensError
-from audit.atomic import atomic_path
 from audit.items import KnowledgeItem, items_hash
-from audit.models import LoadedModel, cache_root
+from audit.models import LoadedModel, cached_json
 from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, encode_prompt, score_items
 from audit.unlearning import batches, lm_loss
 
-log = logging.getLogger(__name__)
 RELEARN_CACHE_VERSION = "1"
 """Part of every relearn cache key: bump it when :func:`relearn_curve` changes what it computes."""
 
@@ -134,27 +130,16 @@ def cached_relearn_curve(
     steps: Sequence[int], *, lr: float, batch_size: int, seed: int, eval_batch_size: int = 32, desc: str = "relearn",
 ) -> dict[int, dict[str, ScoreResult]]:
     """:func:`relearn_curve` of a loaded model, read from the on-disk cache when the same run
-    was made before (same checkpoint content, items, grid, settings, device, dtype, torch).
-
-    An unreadable entry is recomputed, never trusted.
-    """
-    dtype = next(model.hf.parameters()).dtype
-    blob = "|".join([RELEARN_CACHE_VERSION, model.hash, items_hash(train),
-                     *(f"{k}:{items_hash(v)}" for k, v in sorted(evals.items())), repr(sorted(set(steps))), repr(lr),
-                     str(batch_size), str(seed), str(eval_batch_size), str(model.device), str(dtype), torch.__version__])
-    path = cache_root() / "relearn" / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
-    if path.is_file():
-        try:
-            d = json.loads(path.read_text())
-            return {int(s): {k: ScoreResult.from_dict(v) for k, v in per.items()} for s, per in d.items()}
-        except Exception as e:  # noqa: BLE001 (an unreadable entry is recomputed)
-            log.warning("relearn cache entry %s is unreadable (%s); recomputing it", path, e)
-    out = relearn_curve(model.hf, model.tokenizer, train, evals, steps, lr=lr, batch_size=batch_size, seed=seed,
-                        eval_batch_size=eval_batch_size, device=model.device, desc=desc)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps({str(s): {k: v.to_dict() for k, v in per.items()} for s, per in out.items()}))
-    return out
+    was made before (same checkpoint content, items, grid, settings, device, dtype, torch;
+    :func:`audit.models.cached_json`)."""
+    parts = [RELEARN_CACHE_VERSION, items_hash(train), *(f"{k}:{items_hash(v)}" for k, v in sorted(evals.items())),
+             repr(sorted(set(steps))), repr(lr), str(batch_size), str(seed), str(eval_batch_size)]
+    return cached_json(
+        model, "relearn", parts,
+        lambda: relearn_curve(model.hf, model.tokenizer, train, evals, steps, lr=lr, batch_size=batch_size,
+                              seed=seed, eval_batch_size=eval_batch_size, device=model.device, desc=desc),
+        lambda out: {str(s): {k: v.to_dict() for k, v in per.items()} for s, per in out.items()},
+        lambda d: {int(s): {k: ScoreResult.from_dict(v) for k, v in per.items()} for s, per in d.items()})
 
 
 class RelearnConfig(LensConfig):
