@@ -121,6 +121,34 @@ def _has_reference(recs: list[Recovery]) -> bool:
     return all(r.end_point == "reference" for r in recs)
 
 
+def trunk_stand_in(lenses: dict[str, LensResult]) -> tuple[bool, str]:
+    """Whether the logit lens stands in for an uninformative linear probe in DELETED's
+    requirements, and why (docs/verdict.md, "When the linear probe cannot read B").
+
+    Where B's trunk holds no linearly readable trace of the facts beyond N's (open answers
+    kept mostly in B's final layers and head), the probe is uninformative and cannot bound
+    anything. The logit lens reads every layer of U through a head; it stands in only where
+    no head can have been changed to hide what U's trunk keeps: U shares no layer with B
+    (B's head reads U's retain answers at no layer where it reads B's own,
+    ``outside_every_layer``), or B's head reads U against references in B's basis (the
+    base-head readings count)."""
+    ll = lenses.get("logit_lens")
+    if ll is None or ll.error is not None:
+        return False, ""
+    if any(r.informative and r.reading.startswith("base head") for r in ll.recoveries):
+        return True, ("the linear probe is uninformative; the logit lens stands in: B's head reads U and "
+                      "references in B's basis at every layer")
+    u = (ll.data.get("base_head_basis") or {}).get("unlearned") or {}
+    if u.get("outside_every_layer"):
+        return True, ("the linear probe is uninformative; the logit lens stands in: U shares no layer with B "
+                      "(at every layer B's head reads U's retain answers at under half of what it reads from B's own), so U's "
+                      "own head reads U's own trunk")
+    return False, ("the linear probe is uninformative and the logit lens cannot stand in for it: U shares a layer's "
+                   "basis with B, so a head changed to hide the facts could leave them in U's trunk, and only B's "
+                   "head against a reference in B's basis (e.g. B's pre-forget checkpoint trained on retain only) "
+                   "could read them")
+
+
 def _deletion_blockers(
     lenses: dict[str, LensResult], informative: list[tuple[str, Recovery]], beh: LensResult, th: Thresholds,
 ) -> list[tuple[str, list[Evidence]]]:
@@ -152,6 +180,12 @@ def _deletion_blockers(
     others = [(n, r) for n, r in informative if n != "behavior"]
     names = {n for n, r in others if r.kind == "primary"}
     missing = [x for x in th.required_for_deleted if x not in names]
+    if "linear_probe" in missing and "logit_lens" in names:
+        stands, why = trunk_stand_in(lenses)
+        if stands:
+            missing.remove("linear_probe")
+        else:
+            out.append((why, []))
     if missing:
         out.append((f"no informative result from {', '.join(missing)}, which DELETED requires", []))
     for n, r in others:
@@ -241,8 +275,12 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
     if not blockers:
         tried = "; ".join(f"{n} ({budget(res)})" for n, res in sorted(lenses.items()))
         primary = [(n, r) for n, r in informative if r.kind == "primary"]
+        stand = ""
+        if "linear_probe" in th.required_for_deleted and not any(
+                n == "linear_probe" and r.kind == "primary" for n, r in informative):
+            stand = f" ({trunk_stand_in(lenses)[1]})"
         return verdict("DELETED", f"no tested lens recovered the knowledge: every informative reading lies inside "
-                       f"the deletion band ±{th.tau_d} around the never-trained model (lenses tried: {tried})",
+                       f"the deletion band ±{th.tau_d} around the never-trained model{stand} (lenses tried: {tried})",
                        [_ev(n, r) for n, r in primary])
     why = "; ".join(b for b, _ in blockers)
     ev = [e for _, es in blockers for e in es] or [_ev(n, r) for n, r in others]

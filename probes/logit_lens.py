@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,7 +206,7 @@ BASIS_SHARE = 0.5
 ranks at least this share of what its own head ranks above chance (:func:`base_basis`)."""
 
 
-def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[str, float | bool]], str]:
+def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[str, Any]], str]:
     """Whether U and every reference are in B's basis, read on retain items; and, when not,
     why the base-head readings cannot count.
 
@@ -219,8 +220,12 @@ def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[
     without retain items, there is no such end point and the readings do not count.
 
     Returns per role (not B) the retain ranking accuracy through its own head (``own``,
-    behavior's scoring), through B's head (``base_head``), chance and ``in_basis``; and a
-    reason ("" when the readings count).
+    behavior's scoring), through B's head (``base_head``), chance and ``in_basis``; B's
+    head's accuracy on the role's residual at every layer (``base_head_layers``) beside its
+    accuracy on B's own (``base_layers``), and ``outside_every_layer``: at no layer where
+    B's head reads B's residual (10 points above chance) does it read the role's at
+    ``BASIS_SHARE`` of that, so no part of the role's network is B's (the verdict's
+    stand-in rule, docs/verdict.md); and a reason ("" when the readings count).
     """
     retain = ctx.items.get("retain") or []
     if not ctx.reference_roles:
@@ -230,14 +235,22 @@ def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[
         return {}, "base-head readings not counted: no retain items to check that U and N are in B's basis"
     plan = _plan(ctx.models["base"].tokenizer, retain)
     chance = float(ctx.chance("retain").mean())
-    out: dict[str, dict[str, float | bool]] = {}
+    out: dict[str, dict[str, Any]] = {}
+    # B's head on B's own residual at every layer: where it reads retain answers above chance,
+    # a model derived from B (any block left as B's) reads them there too
+    b_layers = read_layers(ctx, "base", cfg.top_k, plan, item_set="retain")["accuracy"].mean(1)
     for r in ctx.roles:
         if r == "base":
             continue
         own = float(ctx.score(r, "retain").correct.mean())
-        via_b = float(read_layers(ctx, r, cfg.top_k, plan, head="base", item_set="retain")["accuracy"][-1].mean())
+        layers = read_layers(ctx, r, cfg.top_k, plan, head="base", item_set="retain")["accuracy"].mean(1)
+        via_b = float(layers[-1])
         ok = own - chance > 0.1 and via_b - chance >= BASIS_SHARE * (own - chance)
-        out[r] = {"own": round(own, 4), "base_head": round(via_b, 4), "chance": round(chance, 4), "in_basis": ok}
+        outside = all(v - chance < BASIS_SHARE * (b - chance) for v, b in zip(layers, b_layers, strict=True)
+                      if b - chance > 0.1)
+        out[r] = {"own": round(own, 4), "base_head": round(via_b, 4), "chance": round(chance, 4), "in_basis": ok,
+                  "base_head_layers": [round(float(v), 4) for v in layers],
+                  "base_layers": [round(float(b), 4) for b in b_layers], "outside_every_layer": outside}
     outside = [r for r, v in out.items() if not v["in_basis"]]
     if not outside:
         return out, ""
@@ -282,7 +295,7 @@ def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
     # cannot hide what U's residual stream still carries (the read-out that B itself uses)
     d_model = {r: ctx.models[r].d_model for r in ctx.roles}
     bh_rows: list[Recovery] = []
-    basis: dict[str, dict[str, float | bool]] = {}
+    basis: dict[str, dict[str, Any]] = {}
     if len(set(d_model.values())) == 1:
         bh = {r: reads[r] if r == "base" else read_layers(ctx, r, cfg.top_k, plan, head="base") for r in ctx.roles}
         basis, why_not = base_basis(ctx, cfg)

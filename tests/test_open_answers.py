@@ -164,6 +164,10 @@ def test_base_head_readings_do_not_count_against_a_reference_outside_bs_basis(he
     assert max(r["score_unlearned"] - r["score_reference"] for r in rows) >= 0.5, rows  # what it would have said
     assert any("not in B's basis" in n for n in ll["notes"]), ll["notes"]
     assert head_only_tofu_log["verdicts"][0]["label"] != "DELETED", head_only_tofu_log["verdicts"][0]["reason"]
+    # and the logit lens cannot stand in for the uninformative probe (docs/verdict.md): U's
+    # every layer is B's, so a head changed to hide the facts could leave them in its trunk
+    assert basis["unlearned"]["outside_every_layer"] is False, basis
+    assert "cannot stand in" in head_only_tofu_log["verdicts"][0]["reason"]
 
 
 def test_base_head_readings_count_against_a_reference_in_bs_basis(open_suite, tofu_dir, tmp_path):
@@ -198,3 +202,11 @@ def test_tofu_layout_never_trained_u_recovers_nothing(open_suite, tofu_dir, tmp_
         assert all(r["ci_low"] <= 0 <= r["ci_high"] for r in primary), (lens, primary)
     assert any(r["informative"] for r in log["lenses"]["logit_lens"]["recoveries"])
     assert label in ("DELETED", "INCONCLUSIVE"), log["verdicts"][0]["reason"]
+    # trained on its own, it shares no layer with B (B's head reads its retain answers near
+    # chance at every layer), so the logit lens stands in for the probe, which cannot read B
+    # here; DELETED then waits only on the attacks this run did not try
+    basis = log["lenses"]["logit_lens"]["data"]["base_head_basis"]["unlearned"]
+    assert basis["outside_every_layer"] is True, basis
+    reason = log["verdicts"][0]["reason"]
+    assert "cannot stand in" not in reason, reason
+    assert "no informative result from relearn, quantization, which DELETED requires" in reason, reason

@@ -49,8 +49,22 @@ def behavior(ranking=0.0, soft=None, greedy=None, *, raw=None, retain_drop=0.0, 
     return LensResult(name="behavior", recoveries=recs, data=data)
 
 
-def lens(name, *recs, error=None, config=None):
-    return LensResult(name=name, recoveries=list(recs), error=error, config=config or {})
+def lens(name, *recs, error=None, config=None, data=None):
+    return LensResult(name=name, recoveries=list(recs), error=error, config=config or {}, data=data or {})
+
+
+def open_world(outside: bool | None, base_head: float | None = None, own: float = 0.0):
+    """Open answers: the linear probe reads B no better than N (uninformative), the logit
+    lens's own-head reading ``own``; U outside B's basis at every layer (``outside``; None:
+    no basis data), and a counted base-head reading ``base_head`` (None: not counted)."""
+    recs = [rec("layer 2 (most powerful)", own)]
+    if base_head is not None:
+        recs.append(rec("base head, layer 2 (most powerful)", base_head))
+    else:
+        recs.append(rec("base head, layer 2 (most powerful)", 0.9, informative=False))
+    basis = {} if outside is None else {"unlearned": {"in_basis": not outside, "outside_every_layer": outside}}
+    return quiet(linear_probe=lens("linear_probe", rec("truth probe", 0.0, -0.5, 0.5, informative=False)),
+                 logit_lens=lens("logit_lens", *recs, data={"base_head_basis": basis}))
 
 
 def quiet(end_point="reference", **over):
@@ -165,6 +179,18 @@ CASES = [
      "SUPPRESSED", "prior over answer values removed"),
     ("a log from before the prior was removed: raw ranking decides as it did", quiet(behavior=behavior(
         -0.27, soft=-0.25, greedy=-0.2, legacy=True)), "SUPPRESSED", "avoids the true answer"),
+    # --- the logit lens standing in for a linear probe that cannot read B (open answers)
+    ("open answers, U shares no layer with B: the logit lens stands in", open_world(outside=True), "DELETED",
+     "U shares no layer with B"),
+    ("open answers, U in B's basis, reference not: no stand-in", open_world(outside=False), "INCONCLUSIVE",
+     "cannot stand in"),
+    ("open answers, no basis data: no stand-in", open_world(outside=None), "INCONCLUSIVE", "cannot stand in"),
+    ("open answers, base-head readings counted and bounded", open_world(outside=False, base_head=0.02),
+     "DELETED", "references in B's basis"),
+    ("open answers, base-head reading counted at 0.9", open_world(outside=False, base_head=0.9), "SUPPRESSED",
+     "base head"),
+    ("open answers, outside B's basis, own-head reading 0.2", open_world(outside=True, own=0.2), "INCONCLUSIVE",
+     "logit_lens lens"),
 ]
 
 
