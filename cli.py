@@ -36,6 +36,17 @@ def _fail(e: InputError | str) -> None:
     raise typer.Exit(2)
 
 
+def _render_report(log: Path) -> None:
+    """Render ``report.html`` beside a results file the library has just written.
+
+    The library (``audit``) never imports ``reports``: it calls this back. Module-level, so
+    ``calibrate --jobs N`` can hand it to its worker processes.
+    """
+    from reports import render_file
+
+    render_file(log, Path(log).with_name("report.html"))
+
+
 def _say(text: str, style: str | None = None) -> None:
     """A status line (not an error): plain text, never wrapped, styled only in a terminal."""
     typer.echo(typer.style(one_line(text), fg=style) if style else one_line(text), err=True)
@@ -193,7 +204,7 @@ def run_cmd(
                 "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
                 "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
             })
-            log = run(cfg)
+            log = run(cfg, on_log_written=_render_report)
     except InputError as e:
         _fail(e)
     except KeyboardInterrupt:
@@ -438,7 +449,8 @@ def organisms_audit(
     from audit.suite import audit_suite
 
     try:
-        rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed)
+        rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed,
+                           on_log_written=_render_report)
     except InputError as e:
         _fail(e)
     table = Table(title=Text(f"Verdicts on the organism suite {suite}"))
@@ -482,9 +494,14 @@ def calibrate_cmd(
 
     try:
         res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference,
-                        grids=grids, resume=resume)
+                        grids=grids, resume=resume, on_log_written=_render_report)
     except InputError as e:
         _fail(e)
+    from audit.atomic import atomic_write_text
+    from reports.calibration import render_calibration
+
+    # from the result calibrate returned, which is what it wrote to calibration.json
+    atomic_write_text(out / "calibration.html", render_calibration(res))
     labels = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")
     tables = [("", res["summary"])]
     if res["summary"].get("no_reference"):

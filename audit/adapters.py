@@ -39,9 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from audit.errors import InputError
+from audit.errors import InputError, validate
 from audit.items import MIN_DISTRACTORS, ItemSet, KnowledgeItem, _check, load_item_set
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer:"
@@ -242,12 +240,7 @@ def adapt_jsonl(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptO
     drafts = []
     for i, row in enumerate(rows):
         w = _where(source, i)
-        try:
-            it = KnowledgeItem.model_validate({k: v for k, v in row.items() if v is not None}, strict=True)
-        except ValidationError as e:
-            err = e.errors()[0]
-            col = ".".join(str(x) for x in err["loc"]) or "(item)"
-            raise InputError(f"{w}: column '{col}': {'missing' if err['type'] == 'missing' else err['msg']}") from None
+        it = validate(KnowledgeItem, {k: v for k, v in row.items() if v is not None}, "column", w, strict=True)
         drafts.append(_Draft(it.id, it.prompt, it.answer, list(it.distractors), w, it.subject, it.attribute,
                              it.question))
     return drafts, []

@@ -23,6 +23,7 @@ import multiprocessing as mp
 import os
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -321,7 +322,8 @@ def suite_config(variant: Variant, arch: str, seed: int, p: Preset) -> SuiteConf
 
 
 def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: str, out: str,
-                     preset_d: dict[str, Any], threads: int | None, resume: bool = False) -> dict[str, Any]:
+                     preset_d: dict[str, Any], threads: int | None, resume: bool = False,
+                     on_log_written: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Build (or reuse) one suite and audit its organisms; returns its run record and rows.
 
     Runs in a worker process under ``--jobs``; also writes ``OUT/<suite>/calibration_rows.json``,
@@ -344,7 +346,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     man = build_suite(suite_dir, cfg)
     t_build = time.perf_counter() - t
     kw: dict[str, Any] = {"lenses": p.lenses, "seed": seed, "options": {"lens_options": p.lens_options},
-                          "resume": resume}
+                          "resume": resume, "on_log_written": on_log_written}
     t = time.perf_counter()
     audited = [(out_dir, a) for a in audit_suite(suite_dir, out_dir, **kw)]
     run = {"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
@@ -381,9 +383,13 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
 
 
 def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | Path | None = None,
-              render: bool = True, jobs: int = 1, threads: int | None = None,
-              no_reference: bool | None = None, grids: str | None = None, resume: bool = False) -> dict[str, Any]:
-    """Build/reuse suites, audit every organism, write ``calibration.json`` (+ ``calibration.html``).
+              jobs: int = 1, threads: int | None = None, no_reference: bool | None = None,
+              grids: str | None = None, resume: bool = False,
+              on_log_written: Callable[[Path], None] | None = None) -> dict[str, Any]:
+    """Build/reuse suites, audit every organism, write ``calibration.json``.
+
+    ``calibration.html`` is the caller's to render (``cli.py`` does, from the returned result;
+    this library never imports ``reports``).
 
     Args:
         out: output folder (per-organism audit logs and the calibration files).
@@ -426,7 +432,7 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         raise InputError("the calibration preset selects no (variant, architecture, seed) suite")
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    args = [(v.model_dump(), arch, seed, str(suites), str(out), p.model_dump(), threads, resume)
+    args = [(v.model_dump(), arch, seed, str(suites), str(out), p.model_dump(), threads, resume, on_log_written)
             for v, arch, seed in tasks]
     if jobs == 1:
         done = [_calibrate_suite(*a) for a in args]
@@ -453,8 +459,4 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
     }
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "calibration.json", json.dumps(result, indent=2))
-    if render:
-        from reports.calibration import render_calibration_file
-
-        render_calibration_file(out / "calibration.json", out / "calibration.html")
     return result

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from audit.errors import InputError, one_line
+from audit.errors import InputError, validation_message
+from audit.yamlio import read_mapping, read_yaml  # noqa: F401  (read_yaml: its old home, still importable)
 
 
 class AuditConfig(BaseModel):
@@ -81,173 +81,6 @@ class AuditConfig(BaseModel):
         return [self.reference] if isinstance(self.reference, str) else list(self.reference)
 
 
-# ---------------------------------------------------------------------------------------
-# YAML read with limits (config and policy files): a few KB of hand-written options. The
-# limits refuse what no such file needs and what could exhaust memory or the stack: an
-# alias bomb (a few lines whose aliases expand to billions of nodes downstream), a
-# self-referencing anchor, nesting thousands deep, or a huge file.
-# ---------------------------------------------------------------------------------------
-
-YAML_MAX_BYTES = 256 * 1024
-"""Largest config or policy file read."""
-YAML_MAX_DEPTH = 32
-"""Deepest nesting of mappings and sequences, aliases expanded."""
-YAML_MAX_NODES = 20_000
-"""Most nodes (scalars, sequences, mappings), every alias counted as what it expands to."""
-YAML_MAX_ALIASES = 32
-"""Most aliases (``*name``) in one document."""
-
-
-class _YAMLLimit(Exception):
-    """A document beyond one of the limits above."""
-
-
-def _parser_bases() -> tuple[type, ...]:
-    # libyaml's parser (fast, and iterative: it refuses nesting beyond its own bound) with
-    # PyYAML's Python composer, so every node passes through the counting compose_node
-    try:
-        from yaml._yaml import CParser
-
-        return (CParser,)
-    except ImportError:  # PyYAML without libyaml
-        from yaml.parser import Parser
-        from yaml.reader import Reader
-        from yaml.scanner import Scanner
-
-        return (Reader, Scanner, Parser)
-
-
-_PARSER = _parser_bases()
-
-
-class _LimitedLoader(*_PARSER, yaml.composer.Composer, yaml.constructor.SafeConstructor,  # type: ignore[misc]
-                     yaml.resolver.Resolver):
-    """PyYAML's safe loader with a node, depth and alias budget checked while composing."""
-
-    def __init__(self, stream: str) -> None:
-        if len(_PARSER) == 1:
-            _PARSER[0].__init__(self, stream)  # type: ignore[misc]
-        else:
-            yaml.reader.Reader.__init__(self, stream)
-            yaml.scanner.Scanner.__init__(self)
-            yaml.parser.Parser.__init__(self)
-        yaml.composer.Composer.__init__(self)
-        yaml.constructor.SafeConstructor.__init__(self)
-        yaml.resolver.Resolver.__init__(self)
-        self._depth = self._nodes = self._aliases = 0
-
-    # the Python composer's methods, not CParser's own (which compose in C, uncounted)
-    get_single_node = yaml.composer.Composer.get_single_node
-    compose_document = yaml.composer.Composer.compose_document
-    compose_scalar_node = yaml.composer.Composer.compose_scalar_node
-    compose_sequence_node = yaml.composer.Composer.compose_sequence_node
-    compose_mapping_node = yaml.composer.Composer.compose_mapping_node
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self._aliases += 1
-            if self._aliases > YAML_MAX_ALIASES:
-                raise _YAMLLimit(f"it uses more than {YAML_MAX_ALIASES} aliases (*name)")
-        self._depth += 1
-        if self._depth > YAML_MAX_DEPTH:
-            raise _YAMLLimit(f"it is nested too deeply (more than {YAML_MAX_DEPTH} levels)")
-        try:
-            node = yaml.composer.Composer.compose_node(self, parent, index)
-        finally:
-            self._depth -= 1
-        self._nodes += 1
-        if self._nodes > YAML_MAX_NODES:
-            raise _YAMLLimit(f"it has more than {YAML_MAX_NODES} values")
-        return node
-
-
-def _check_expansion(root: yaml.Node) -> None:
-    """Refuse a node graph whose aliases expand beyond the node or depth budget, or loop."""
-    done: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded size, expanded depth)
-    entered: set[int] = set()
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-
-    def children(n: yaml.Node) -> list[yaml.Node]:
-        if isinstance(n, yaml.SequenceNode):
-            return list(n.value)
-        if isinstance(n, yaml.MappingNode):
-            return [x for kv in n.value for x in kv]
-        return []
-
-    while stack:
-        node, leaving = stack.pop()
-        key = id(node)
-        if leaving:
-            kids = [done[id(c)] for c in children(node)]
-            size = 1 + sum(k[0] for k in kids)
-            depth = 1 + max((k[1] for k in kids), default=0)
-            if size > YAML_MAX_NODES:
-                raise _YAMLLimit(f"its aliases expand to more than {YAML_MAX_NODES} values")
-            if depth > YAML_MAX_DEPTH:
-                raise _YAMLLimit(f"its aliases expand to more than {YAML_MAX_DEPTH} levels of nesting")
-            done[key] = (size, depth)
-            continue
-        if key in done:
-            continue
-        if key in entered:  # entered and not left: an ancestor of itself
-            raise _YAMLLimit("an alias refers to a node that contains it (a loop)")
-        entered.add(key)
-        stack.append((node, True))
-        stack.extend((c, False) for c in children(node))
-
-
-def _yaml_problem(e: yaml.YAMLError) -> str:
-    if isinstance(e, yaml.MarkedYAMLError):
-        what = ", ".join(x for x in (e.context, e.problem) if x) or type(e).__name__
-        mark = e.problem_mark or e.context_mark
-        return f"{what} (line {mark.line + 1}, column {mark.column + 1})" if mark else what
-    return one_line(str(e)) or type(e).__name__
-
-
-def read_yaml(path: str | Path, what: str) -> Any:
-    """Read a small YAML file safely: size, nesting, value and alias limits; strict UTF-8.
-
-    Args:
-        path: the file.
-        what: what it is, for messages (``config file``, ``policy file``).
-
-    Raises:
-        InputError: missing, unreadable, too big, not UTF-8, not YAML, or beyond a limit;
-            one line naming the file and the reason.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{what} not found: {p}")
-    try:
-        with p.open("rb") as fh:
-            raw = fh.read(YAML_MAX_BYTES + 1)
-    except OSError as e:
-        raise InputError(f"cannot read {what} {p}: {e.strerror or e}") from None
-    if len(raw) > YAML_MAX_BYTES:
-        raise InputError(f"{what} {p} is larger than {YAML_MAX_BYTES // 1024} KiB; is it the right file?")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{what} {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
-    loader = _LimitedLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _check_expansion(node)
-        return loader.construct_document(node)
-    except _YAMLLimit as e:
-        raise InputError(f"{what} {p} is refused: {e}") from None
-    except yaml.YAMLError as e:
-        raise InputError(f"{what} {p} is not valid YAML: {_yaml_problem(e)}") from None
-    except RecursionError:
-        raise InputError(f"{what} {p} is nested too deeply") from None
-    except (ValueError, TypeError, OverflowError) as e:  # a scalar the safe constructor chokes on
-        raise InputError(f"{what} {p} is not valid YAML: {one_line(str(e)) or type(e).__name__}") from None
-    finally:
-        loader.dispose()
-
-
 def load_config(path: str | Path | None, overrides: dict[str, Any], *, check: bool = True) -> AuditConfig:
     """Merge a YAML config file with CLI overrides (non-None values win), then check it.
 
@@ -258,22 +91,20 @@ def load_config(path: str | Path | None, overrides: dict[str, Any], *, check: bo
     Raises:
         InputError: unreadable file, unknown key or bad value (naming the key).
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        loaded = read_yaml(p, "config file")
-        if loaded is not None and not isinstance(loaded, dict):
-            raise InputError(f"config file {p} must hold a mapping of options")
-        data.update(loaded or {})
-    data.update({k: v for k, v in overrides.items() if v is not None})
+    p = Path(path) if path is not None else None
+    from_file = read_mapping(p, "config file", "options") if p is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data = {**from_file, **given}
     try:
         cfg = AuditConfig.model_validate(data)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"]) or "(config)"
-        raise InputError(f"config option '{key}': {err['msg']}") from None
+        # name the file when the bad option came from it (a CLI value wins over the file's)
+        top = e.errors()[0]["loc"][:1]
+        in_file = bool(top) and top[0] in from_file and top[0] not in given
+        raise InputError(validation_message(e, "config option", f"config file {p}" if in_file else None)) from None
     except RecursionError:
-        raise InputError("the config is nested too deeply") from None
+        raise InputError(f"config file {p} is nested too deeply" if p is not None
+                         else "the config is nested too deeply") from None
     if check:
         check_config(cfg)
     return cfg
@@ -368,7 +199,7 @@ def check_config(cfg: AuditConfig) -> None:
     Raises:
         InputError: naming the option and what is wrong with it.
     """
-    from audit.models import DTYPES, check_device
+    from audit.models import DTYPES, check_device, parse_hub_id
     from audit.policy import load_policy
 
     if not 0 <= cfg.seed <= SEED_MAX:
@@ -378,8 +209,9 @@ def check_config(cfg: AuditConfig) -> None:
     check_device(cfg.device)
     for role, ck in [("base", cfg.base), ("unlearned", cfg.unlearned),
                      *(("reference", r) for r in cfg.references)]:
-        if not Path(ck).exists():
-            raise InputError(f"checkpoint not found: {ck} (--{role})")
+        if not Path(ck).exists() and parse_hub_id(ck) is None:
+            raise InputError(f"checkpoint not found: {ck} (--{role}); give a folder, a .gguf file, a PEFT "
+                             "adapter folder or a hub ID org/name[@revision]")
     if _same_file(Path(cfg.forget), Path(cfg.retain)):
         raise InputError(f"--forget and --retain are the same item set ({cfg.forget}); the retain set must be "
                          "facts the unlearning was meant to keep")

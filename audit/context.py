@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from audit.activations import Activations, capture
+from audit.caveats import no_reference_note
 from audit.config import AuditConfig
 from audit.items import KnowledgeItem, items_hash
 from audit.models import LoadedModel, cached_json
@@ -86,6 +87,15 @@ class AuditContext:
     @property
     def has_reference(self) -> bool:
         return bool(self.reference_roles)
+
+    def no_reference_notes(self, end_point: str) -> list[str]:
+        """A lens's no-reference caveat (:func:`audit.caveats.no_reference_note`) as a list
+        of notes: one without a reference, none with one.
+
+        Args:
+            end_point: what stood in for N in this lens, and what that costs.
+        """
+        return [] if self.has_reference else [no_reference_note(end_point)]
 
     @property
     def reference_roles(self) -> list[str]:

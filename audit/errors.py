@@ -6,6 +6,10 @@ into a one-line message and exit code 2. Anything else escaping the library is a
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
 
 class AuditError(Exception):
     """Base class of every error the auditor raises on purpose."""
@@ -40,3 +44,40 @@ def one_line(text: object, limit: int = MAX_MESSAGE_CHARS) -> str:
             out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
     line = "".join(out)
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def validation_message(err: ValidationError, label: str, where: str | None = None) -> str:
+    """The one line for a pydantic validation error: its first problem, naming the key.
+
+    ``{where}: {label} '{key}': {problem}``, e.g. ``policy file p.yaml: key
+    'thresholds.tau_x': Extra inputs are not permitted`` or ``f.jsonl:7: field 'answer':
+    missing``; without a ``where``, ``{label} '{key}': {problem}``. A missing field reads
+    ``missing``; a validator's own message loses pydantic's ``Value error,`` prefix.
+
+    Args:
+        err: the error.
+        label: what a key is called in this input (``key``, ``config option``, ``field``).
+        where: the file (and line or row) the input came from, when there is one.
+    """
+    first = err.errors()[0]
+    key = ".".join(str(x) for x in first["loc"])
+    problem = "missing" if first["type"] == "missing" else str(first["msg"]).removeprefix("Value error, ")
+    head = f"{where}: " if where else ""
+    return f"{head}{label} '{key}': {problem}" if key else f"{where or label}: {problem}"
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate(model: type[M], data: Any, label: str, where: str, *, strict: bool | None = None) -> M:
+    """``model.model_validate(data)``, every failure an :class:`InputError` naming ``where``.
+
+    Raises:
+        InputError: :func:`validation_message`'s line, or ``{where} is nested too deeply``.
+    """
+    try:
+        return model.model_validate(data, strict=strict)
+    except ValidationError as e:
+        raise InputError(validation_message(e, label, where)) from None
+    except RecursionError:
+        raise InputError(f"{where} is nested too deeply") from None

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
-from audit.errors import InputError
+from audit.errors import InputError, validate
 
 MIN_DISTRACTORS = 3
 _PROVENANCE = ("question", "distractors_sampled")
@@ -99,13 +99,7 @@ def parse_items(lines: Sequence[str], source: str = "<items>") -> list[Knowledge
             raise InputError(f"{where}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        try:
-            item = KnowledgeItem.model_validate(obj, strict=True)
-        except ValidationError as e:
-            err = e.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "(item)"
-            msg = "missing" if err["type"] == "missing" else err["msg"]
-            raise InputError(f"{where}: field '{field}': {msg}") from None
+        item = validate(KnowledgeItem, obj, "field", where, strict=True)
         _check(item, where)
         if item.id in seen:
             raise InputError(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -144,6 +145,9 @@ class LoadedModel:
     bridge: Any
     device: str = "cpu"
     meta: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+    """The HF folder the weights were read from (safetensors), for lenses that edit weights
+    in place and read the originals back one tensor at a time (``None``: unknown)."""
 
     @property
     def n_layers(self) -> int:
@@ -269,6 +273,130 @@ def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
     return out
 
 
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+
+
+def parse_hub_id(spec: str) -> tuple[str, str | None] | None:
+    """``(repo_id, revision)`` when ``spec`` names a hub model (``org/name`` or
+    ``org/name@revision``) rather than a local path; ``None`` otherwise."""
+    if spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or Path(spec).exists():
+        return None
+    m = _HUB_ID.match(spec)
+    return (m["repo"], m["rev"]) if m else None
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def resolve_checkpoint(spec: str | Path) -> tuple[Path, dict[str, Any]]:
+    """A checkpoint as users name it: a local folder or ``.gguf`` (as is), or a Hugging Face
+    hub ID ``org/name[@revision]`` resolved through ``huggingface_hub`` into its snapshot
+    folder. With ``HF_HUB_OFFLINE=1`` only the local cache is read. Returns the local path
+    and what to record about it (``hub_id``, ``revision``, ``commit``: the snapshot's hash).
+
+    Raises:
+        InputError: a path that does not exist and is no hub ID, or a hub ID that cannot be
+            resolved (not cached while offline, unknown repository or revision).
+    """
+    hub = parse_hub_id(str(spec))
+    if hub is None:
+        return Path(spec), {}
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, rev = hub
+    offline = _hub_offline()
+    try:
+        local = Path(snapshot_download(repo, revision=rev, local_files_only=offline,
+                                       allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja",
+                                                       "*.gguf"]))
+    except LocalEntryNotFoundError:
+        where = "in the local Hugging Face cache" + (" (HF_HUB_OFFLINE=1: nothing is downloaded)" if offline else "")
+        raise InputError(f"checkpoint not found: {spec} is neither a local path nor a hub model {where}; "
+                         f"download it once with `huggingface-cli download {repo}` or give a folder") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as e:
+        raise InputError(f"checkpoint not found: hub model {spec}: {_first_line(e)}") from None
+    except (OSError, ValueError) as e:  # no network, a bad revision string, a broken cache
+        raise InputError(f"cannot resolve hub model {spec}: {_first_line(e)}") from None
+    return local, {"hub_id": repo, "revision": rev or "main", "commit": local.name}
+
+
+def is_adapter(path: Path) -> bool:
+    """A PEFT adapter folder (``adapter_config.json``, no full model config)."""
+    return path.is_dir() and (path / "adapter_config.json").is_file()
+
+
+def merge_adapter(adapter: Path, trust_remote_code: bool = False) -> tuple[Path, dict[str, Any]]:
+    """A PEFT adapter applied to its base model (``base_model_name_or_path`` of its
+    ``adapter_config.json``: a local folder, relative to the adapter's folder when it is not
+    absolute, or a hub ID) and merged, saved once as an HF folder under
+    ``$AUDIT_CACHE/merged/<adapter hash>-<base hash>``. Returns that folder and what to
+    record (``adapter``, ``adapter_base``).
+
+    Raises:
+        InputError: an unreadable adapter config, a base that cannot be found, or an adapter
+            that does not fit its base.
+    """
+    import json
+
+    try:
+        acfg = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+        base_spec = acfg["base_model_name_or_path"]
+        if not isinstance(base_spec, str) or not base_spec:
+            raise KeyError("base_model_name_or_path")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{adapter / 'adapter_config.json'} is not a readable PEFT adapter config "
+                         f"(it needs base_model_name_or_path): {_first_line(e)}") from None
+    base_path = Path(base_spec)
+    if parse_hub_id(base_spec) is None and not base_path.is_absolute():
+        base_path = (adapter / base_path) if (adapter / base_path).exists() else base_path
+    base_dir, base_meta = resolve_checkpoint(base_spec if parse_hub_id(base_spec) else base_path)
+    if is_adapter(base_dir):
+        raise InputError(f"adapter {adapter}: its base {base_spec} is itself an adapter; merge that one first")
+    base_dir, _ = _hf_dir_for(base_dir, allow_pickle=False)
+    h = hashlib.sha256()
+    for f in sorted(adapter.iterdir()):
+        if f.is_file() and (f.name == "adapter_config.json" or f.name.startswith("adapter_model")):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    key = f"{h.hexdigest()[:16]}-{content_hash(base_dir)}"
+    out = cache_root() / "merged" / key
+    meta = {"adapter": str(adapter), "adapter_base": base_spec}
+    if "commit" in base_meta:
+        meta["adapter_base_commit"] = base_meta["commit"]
+    if (out / "config.json").is_file():
+        return out, meta
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("merging adapter %s into %s (once, cached in %s)", adapter, base_spec, out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32, use_safetensors=True,
+                                                     trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        tok_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+        tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError, RuntimeError, KeyError, SafetensorError) as e:
+        raise InputError(f"cannot apply adapter {adapter} to its base {base_spec}: {_first_line(e)}") from None
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out, meta
+
+
 def load_model(
     path: str | Path,
     role: str = "model",
@@ -278,7 +406,8 @@ def load_model(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
-    """Load a checkpoint (HF directory or ``.gguf`` file) as a hookable model.
+    """Load a checkpoint (HF directory, ``.gguf`` file, hub ID ``org/name[@revision]`` or
+    PEFT adapter folder, merged into its base) as a hookable model.
 
     Raises:
         InputError: missing path, not a checkpoint, refused pickle, unreadable weights.
@@ -291,8 +420,11 @@ def load_model(
     if dtype not in DTYPES:
         raise InputError(f"unknown dtype '{dtype}'; choose one of {', '.join(DTYPES)}")
     check_device(device)
-    p = Path(path)
-    meta: dict[str, Any] = {}
+    p, meta = resolve_checkpoint(path)
+    if is_adapter(p):
+        adapter = p
+        p, more = merge_adapter(adapter, trust_remote_code)
+        meta |= more
     if p.suffix == ".gguf":
         digest = content_hash(p)
         hf_dir, safe = gguf_to_hf(p, trust_remote_code), True
@@ -317,7 +449,7 @@ def load_model(
         trust_remote_code=trust_remote_code,
     )
     bridge.eval()
-    return LoadedModel(role, str(p), digest, model, tok, bridge, device, meta)
+    return LoadedModel(role, str(Path(path)), digest, model, tok, bridge, device, meta, source=hf_dir if safe else None)
 
 
 def _vocab_hash(tok) -> str:

@@ -10,11 +10,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from audit.errors import InputError
+from audit.errors import InputError, validate
 from audit.schema import AuditLog, Label
 from audit.verdict import Thresholds
+from audit.yamlio import read_mapping
 
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 
@@ -96,30 +97,15 @@ def _check_lens_names(policy: Policy, p: Path) -> None:
 def load_policy(path: str | Path | None) -> Policy:
     """Read a policy file (the default policy when ``path`` is None).
 
-    The file is read with :func:`audit.config.read_yaml`'s limits; thresholds must lie
+    The file is read with :func:`audit.yamlio.read_yaml`'s limits; thresholds must lie
     within their meaning (0 <= tau_d < tau_s <= 1, 0 < behavior_recovery <= 1, other
     thresholds in [0, 1], min_items >= 1) and every lens it names must exist.
 
     Raises:
         InputError: unreadable file, not YAML, unknown key or bad value (naming the key).
     """
-    from audit.config import read_yaml
-
     p = Path(path) if path is not None else DEFAULT_POLICY
-    data: Any = read_yaml(p, "policy file")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise InputError(f"policy file {p} must hold a mapping of policy keys")
-    try:
-        policy = Policy.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(x) for x in err["loc"])
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        raise InputError(f"policy file {p}: key '{key}': {msg}" if key else f"policy file {p}: {msg}") from None
-    except RecursionError:
-        raise InputError(f"policy file {p} is nested too deeply") from None
+    policy = validate(Policy, read_mapping(p, "policy file", "policy keys"), "key", f"policy file {p}")
     _check_lens_names(policy, p)
     return policy
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from audit.errors import InputError
+from audit.errors import InputError, validation_message
 
 if TYPE_CHECKING:
     from audit.context import AuditContext
@@ -33,26 +33,29 @@ class LensSpec:
     fn: Callable[[AuditContext, Any], LensResult]
     config_cls: type[LensConfig]
     description: str
+    version: str = "1"
+    """Version of the lens's code, stamped on each of its results (``LensResult.lens_version``).
+    Bump it when a change makes the lens's earlier results stale: ``audit run --resume`` then
+    recomputes them."""
 
     def make_config(self, options: dict[str, Any] | None) -> LensConfig:
         try:
             return self.config_cls.model_validate(options or {})
         except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(x) for x in err["loc"])
-            raise InputError(f"lens '{self.name}' option '{key}': {err['msg']}") from None
+            raise InputError(validation_message(e, f"lens '{self.name}' option")) from None
 
 
 _REGISTRY: dict[str, LensSpec] = {}
 
 
-def register_lens(name: str, config: type[LensConfig] = LensConfig, description: str = ""):
-    """Decorator registering a lens function under ``name``."""
+def register_lens(name: str, config: type[LensConfig] = LensConfig, description: str = "", version: str = "1"):
+    """Decorator registering a lens function under ``name``, at code version ``version``."""
 
     def deco(fn):
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"lens '{name}' registered twice")
-        _REGISTRY[name] = LensSpec(name, fn, config, description or (fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = LensSpec(name, fn, config, description or (fn.__doc__ or "").strip().split("\n")[0],
+                                   version)
         return fn
 
     return deco

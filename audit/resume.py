@@ -9,7 +9,8 @@ key matches, so a changed input never reuses a stale result. The folder is remov
 the final ``audit_log.json`` (and report) are written.
 
 The batch size is not part of the key: it is a resource setting (it may shrink on its
-own after an out-of-memory), not an input.
+own after an out-of-memory), not an input. The lens's code version is checked beside
+the key: a saved result whose ``lens_version`` is not the registered lens's is recomputed.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class PartialStore:
     def path(self, lens: str) -> Path:
         return self.root / f"{lens}.json"
 
-    def load(self, lens: str, key: str) -> LensResult | None:
-        """The saved result of ``lens`` if its key matches ``key``, else None."""
+    def load(self, lens: str, key: str, lens_version: str = "1") -> LensResult | None:
+        """The saved result of ``lens`` if its key matches ``key`` and it was made by
+        ``lens_version`` of the lens, else None."""
         p = self.path(lens)
         if not p.is_file():
             return None
@@ -77,10 +79,15 @@ class PartialStore:
             if entry.get("key") != key:
                 log.info("lens %s: saved result is for other inputs or settings; recomputing", lens)
                 return None
-            return LensResult.model_validate(entry["result"])
+            res = LensResult.model_validate(entry["result"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError, ValidationError) as e:
             log.warning("lens %s: saved result %s is unreadable (%s); recomputing", lens, p, e)
             return None
+        if res.lens_version != lens_version:
+            log.info("lens %s: saved result is from lens version %s, this is version %s; recomputing",
+                     lens, res.lens_version, lens_version)
+            return None
+        return res
 
     def save(self, lens: str, key: str, result: LensResult) -> None:
         """Write ``result`` atomically under ``key``."""

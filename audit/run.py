@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import platform
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from audit.adapters import prepare_for_model
 from audit.config import AuditConfig
 from audit.context import AuditContext
-from audit.errors import InputError, LensError
+from audit.errors import InputError, LensError, one_line
 from audit.items import ItemSet, items_hash, load_item_set
 from audit.models import check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
 from audit.quiet import CaughtWarnings, quiet_warnings
-from audit.registry import expand_lenses, get_lens
+from audit.registry import LensSpec, expand_lenses, get_lens
 from audit.resume import PartialStore, lens_key
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
 from audit.scoring import candidate_token_ids, encode_items
@@ -106,25 +108,83 @@ def model_paths(config: AuditConfig) -> dict[str, str]:
     return paths
 
 
-def run(config: AuditConfig, *, render: bool = True, policy: Policy | None = None) -> AuditLog:
+def run(config: AuditConfig, *, policy: Policy | None = None,
+        on_log_written: Callable[[Path], None] | None = None) -> AuditLog:
     """Audit one (base, unlearned, reference) triple on a forget and a retain set.
 
-    Writes ``audit_log.json`` (and ``report.html`` when ``render``) into ``config.out``
-    and returns the log. Library warnings raised meanwhile are not printed: each distinct
-    one is in the log's ``notes`` once, with its count (:mod:`audit.quiet`).
+    Writes ``audit_log.json`` into ``config.out`` and returns the log. Library warnings
+    raised meanwhile are not printed: each distinct one is in the log's ``notes`` once,
+    with its count (:mod:`audit.quiet`).
+
+    Args:
+        config: the resolved configuration.
+        policy: the policy to apply (default: ``config.policy`` read from disk).
+        on_log_written: called with the path of ``audit_log.json`` once it is written, before
+            the ``.partial`` lens checkpoints are removed (``cli.py`` renders ``report.html``
+            here; this library never imports ``reports``).
 
     Raises:
         InputError: bad checkpoints, items, lens names or options (nothing is written).
+        KeyboardInterrupt: nothing is written; finished lenses stay in ``.partial`` for
+            ``resume``.
+        Exception: anything else that stops the run once its inputs are checked is
+            re-raised after ``audit_log.json`` is written with ``status="error"``, the
+            error on one line, and the lenses finished before it.
     """
     with quiet_warnings() as caught:
-        return _run(config, render=render, policy=policy, caught=caught)
+        return _run(config, on_log_written=on_log_written, policy=policy, caught=caught)
 
 
-def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: CaughtWarnings) -> AuditLog:
+class _Progress:
+    """What a run has made so far, for the error log of a run that stops."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, Any] = {}
+        self.sets: dict[str, ItemSet] = {}
+        self.items: dict[str, list] = {}
+        self.results: dict[str, LensResult] = {}
+        self.timings: dict[str, float] = {}
+
+
+def _make_log(config: AuditConfig, policy: Policy, p: _Progress, **fields: Any) -> AuditLog:
+    import torch
+
+    return AuditLog(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        config=config.model_dump(),
+        models={r: ModelInfo(**m.info()) for r, m in p.models.items()},
+        items={k: ItemSetInfo(path=str(getattr(config, k)), hash=items_hash(v), n_items=len(v),
+                              **p.sets[k].info()) for k, v in p.items.items() if k in p.sets},
+        lenses=p.results,
+        timings={k: round(v, 3) for k, v in p.timings.items()},
+        versions=library_versions(),
+        policy=policy.model_dump(),
+        environment={"device": config.device, "dtype": config.dtype, "seed": config.seed,
+                     "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
+        **fields,
+    )
+
+
+def _write_error_log(config: AuditConfig, policy: Policy, p: _Progress, caught: CaughtWarnings,
+                     e: Exception) -> None:
+    """Write ``audit_log.json`` with ``status="error"``; never raises (the caller re-raises ``e``)."""
+    try:
+        log = _make_log(config, policy, p, status="error", error=one_line(f"{type(e).__name__}: {e}"))
+        log.notes += caught.notes()
+        target = Path(config.out) / "audit_log.json"
+        if target.is_file():  # an earlier run's results are kept, never lost to this one's error
+            target.replace(target.with_name("audit_log.previous.json"))
+            log.notes.append("the earlier audit_log.json of this folder was moved to audit_log.previous.json")
+        write_log(log, target)
+    except Exception as e2:  # noqa: BLE001 - the run's own error is what the caller must see
+        logger.warning("could not write the error log: %s: %s", type(e2).__name__, e2)
+
+
+def _run(config: AuditConfig, *, on_log_written: Callable[[Path], None] | None, policy: Policy | None,
+         caught: CaughtWarnings) -> AuditLog:
     import torch
 
     t0 = time.perf_counter()
-    timings: dict[str, float] = {}
     policy = policy or load_policy(config.policy)
     specs = [get_lens(name) for name in expand_lenses(config.lenses)]
     lens_cfgs = {}
@@ -144,14 +204,35 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
             "(set min_items in a policy file to change it)"
         )
     torch.manual_seed(config.seed)
+    progress = _Progress()
+    progress.sets, progress.items = sets, items
+    try:
+        log = _audit(config, policy, specs, lens_cfgs, progress, t0)
+        log.notes += caught.notes()
+        path = write_log(log, Path(config.out) / "audit_log.json")
+    except InputError:
+        raise  # bad input: nothing is written
+    except Exception as e:
+        # an error no lens caught (a bug, a full disk, a model that fails to load): the log
+        # says so, with the lenses that finished; their checkpoints stay for --resume
+        _write_error_log(config, policy, progress, caught, e)
+        raise
+    if on_log_written is not None:
+        on_log_written(path)
+    PartialStore(config.out).clear()
+    return log
 
+
+def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs: dict[str, Any],
+           p: _Progress, t0: float) -> AuditLog:
+    """Load the models, run the lenses and decide; ``p`` holds what is made as it is made."""
+    sets, items, timings = p.sets, p.items, p.timings
     t = time.perf_counter()
-    paths = model_paths(config)
-    models = {
-        role: load_model(p, role, device=config.device, dtype=config.dtype, allow_pickle=config.allow_pickle,
-                         trust_remote_code=config.trust_remote_code)
-        for role, p in paths.items() if p is not None
-    }
+    for role, path in model_paths(config).items():
+        if path is not None:
+            p.models[role] = load_model(path, role, device=config.device, dtype=config.dtype,
+                                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+    models = p.models
     check_compatible(list(models.values()))
     # chat-template wrapping and dropping what the base never knew both need the base model
     items = prepare_for_model(sets, items, models["base"], chat_template=config.chat_template,
@@ -168,17 +249,18 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
         raise InputError(f"the forget set has {len(items['forget'])} items left after dropping items whose candidates "
                          f"tokenize identically; the policy requires at least {policy.min_items}")
     check_context_window(models["base"], items, reserve=2)  # a prompt longer than the model's window
+    p.items = items
     timings["load"] = time.perf_counter() - t
 
     ctx = AuditContext(config, models, items)
-    results: dict[str, LensResult] = {}
+    results = p.results
     # each finished lens is checkpointed, so an interrupted run can go on with --resume
     store = PartialStore(config.out)
     key_parts = ({r: m.hash for r, m in models.items()}, {k: items_hash(v) for k, v in items.items()},
                  {"seed": config.seed, "dtype": config.dtype, "device": config.device, "min_power": config.min_power})
     for spec in specs:
         key = lens_key(spec.name, lens_cfgs[spec.name].model_dump(mode="json"), *key_parts)
-        saved = store.load(spec.name, key) if config.resume else None
+        saved = store.load(spec.name, key, spec.version) if config.resume else None
         if saved is not None:
             logger.info("resumed lens %s (completed in an earlier run with the same inputs)", spec.name)
             results[spec.name] = saved
@@ -197,6 +279,7 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
             res = LensResult(name=spec.name, config=lens_cfgs[spec.name].model_dump(),
                              error=f"{type(e).__name__} inside the lens: {e}")
         res.seconds = round(time.perf_counter() - t, 3)
+        res.lens_version = spec.version
         if res.error is None:  # a failed lens is retried on resume
             store.save(spec.name, key, res)
         results[spec.name] = res
@@ -213,28 +296,6 @@ def _run(config: AuditConfig, *, render: bool, policy: Policy | None, caught: Ca
             v.reason += (" (no reference model: end points are knowledge-free estimates, so DELETED is not "
                          "certified and this verdict is weaker)")
     timings["total"] = time.perf_counter() - t0
-    log = AuditLog(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        config=config.model_dump(),
-        models={r: ModelInfo(**m.info()) for r, m in models.items()},
-        items={k: ItemSetInfo(path=str(getattr(config, k)), hash=items_hash(v), n_items=len(v),
-                                **sets[k].info()) for k, v in items.items()},
-        lenses=results,
-        verdicts=verdicts,
-        retain_utility=retain_utility(results, th),
-        timings={k: round(v, 3) for k, v in timings.items()},
-        versions=library_versions(),
-        policy=policy.model_dump(),
-        environment={"device": config.device, "dtype": config.dtype, "seed": config.seed,
-                     "torch_threads": torch.get_num_threads(), "platform": platform.platform()},
-    )
+    log = _make_log(config, policy, p, verdicts=verdicts, retain_utility=retain_utility(results, th))
     log.policy_result = evaluate(log, policy)
-    log.notes += caught.notes()
-    out = Path(config.out)
-    write_log(log, out / "audit_log.json")
-    if render:
-        from reports import render_file
-
-        render_file(out / "audit_log.json", out / "report.html")
-    store.clear()
     return log

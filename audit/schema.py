@@ -8,13 +8,18 @@ timings, library versions and any error. This module must not import torch.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel as _PydanticModel
 from pydantic import ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version of the results file this code writes. History (docs/reliability.md, "The
+results file"): 1, the first; 2 adds ``LensResult.lens_version`` and sets ``status`` and
+``error`` when a run fails. Every field added within a version has a default, so older
+files of that version still read; an older version is upgraded by :data:`MIGRATIONS`."""
 
 
 class BaseModel(_PydanticModel):
@@ -87,6 +92,10 @@ class LensResult(BaseModel):
     """Why the lens failed, if it did; a failed lens never supports a verdict."""
     seconds: float = 0.0
     """Wall time of the lens."""
+    lens_version: str = "1"
+    """Version of the lens's code that produced this result (``register_lens(version=...)``);
+    ``audit run --resume`` recomputes a saved result whose version is not the registered one.
+    Files of schema version 1 predate it and read as ``"1"``, the version of every lens then."""
 
 
 class Evidence(BaseModel):
@@ -123,6 +132,15 @@ class ModelInfo(BaseModel):
     d_model: int
     n_params: int
     converted_from: str | None = None
+    hub_id: str | None = None
+    """The hub model it was resolved from (``org/name``), its ``revision`` as asked and the
+    snapshot's ``commit`` hash."""
+    revision: str | None = None
+    commit: str | None = None
+    adapter: str | None = None
+    """A PEFT adapter folder merged into ``adapter_base`` (its ``base_model_name_or_path``)."""
+    adapter_base: str | None = None
+    adapter_base_commit: str | None = None
 
 
 class ItemSetInfo(BaseModel):
@@ -149,9 +167,11 @@ class AuditLog(BaseModel):
     version: int = SCHEMA_VERSION
     """Schema version of this file."""
     created: str
-    """ISO timestamp (UTC) when the run finished."""
+    """ISO timestamp (UTC) when the run finished (or stopped with an error)."""
     status: Literal["success", "error"] = "success"
-    """Whether the run completed."""
+    """``success``: the run completed. ``error``: an unexpected error stopped it after the
+    models were loaded; ``error`` says what, and ``lenses`` holds the lenses finished before
+    it (no verdicts). Bad input and interruptions write no file at all."""
     config: dict[str, Any]
     """The resolved configuration (CLI > config file > defaults)."""
     models: dict[str, ModelInfo]
@@ -178,7 +198,7 @@ class AuditLog(BaseModel):
     """Run-level caveats: each distinct library warning caught during the run, once, with
     its count (``audit.quiet``), instead of on the terminal."""
     error: str | None = None
-    """What stopped the run, if anything."""
+    """What stopped the run (one line, ``Type: message``) when ``status`` is ``error``."""
 
 
 def write_log(log: AuditLog, path: str | Path) -> Path:
@@ -188,25 +208,63 @@ def write_log(log: AuditLog, path: str | Path) -> Path:
     return atomic_write_text(path, log.model_dump_json(indent=2))
 
 
+def _v1_to_v2(d: dict[str, Any]) -> dict[str, Any]:
+    # version 1 had no lens versions (every lens was at "1") and never set status: a
+    # version-1 file was only ever written by a run that finished
+    for res in (d.get("lenses") or {}).values():
+        if isinstance(res, dict):
+            res.setdefault("lens_version", "1")
+    d.setdefault("status", "success")
+    return d
+
+
+MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _v1_to_v2}
+"""``MIGRATIONS[v]`` upgrades a file of schema version ``v`` (as a dict) to ``v + 1``."""
+
+
+def migrate(d: dict[str, Any]) -> dict[str, Any]:
+    """Upgrade a results file's dict, of any version up to :data:`SCHEMA_VERSION`, to the current one.
+
+    A file without a ``version`` is taken to be version 1. Runs before validation (inspect_ai's
+    pattern), so each step sees the fields as the older version wrote them. ``d`` is changed
+    in place.
+
+    Raises:
+        ValueError: ``version`` is not a whole number from 1 to :data:`SCHEMA_VERSION`.
+    """
+    version = d.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"version must be a whole number from 1 to {SCHEMA_VERSION}, got {version!r}")
+    for v in range(version, SCHEMA_VERSION):
+        d = MIGRATIONS[v](d)
+        d["version"] = v + 1
+    return d
+
+
 def read_log(path: str | Path) -> AuditLog:
-    """Read and validate an ``audit_log.json``."""
+    """Read and validate an ``audit_log.json``, upgrading an older schema version to the current one.
+
+    Raises:
+        InputError: the file is missing, not JSON, not a valid log, or from a newer schema version.
+    """
     from audit.errors import InputError
 
     p = Path(path)
     if not p.is_file():
         raise InputError(f"results file not found: {p}")
     try:
-        text = p.read_text(encoding="utf-8")
-        version = json.loads(text).get("version", SCHEMA_VERSION)
-    except ValueError as e:  # not UTF-8, not JSON
-        raise InputError(f"{p} is not a valid audit log: {str(e).splitlines()[0]}") from None
-    except AttributeError:
-        version = SCHEMA_VERSION  # not a JSON object: validation below says what is wrong
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as e:  # not UTF-8, not JSON, nested too deeply
+        msg = str(e).splitlines()[0] if isinstance(e, ValueError) else "nested too deeply"
+        raise InputError(f"{p} is not a valid audit log: {msg}") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{p} is not a valid audit log: it holds a JSON {type(d).__name__}, not an object")
+    version = d.get("version")
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise InputError(f"{p} was written by a newer unlearning-audit (results schema version {version}; this one "
                          f"reads versions up to {SCHEMA_VERSION}): upgrade unlearning-audit to read it")
     try:
-        return AuditLog.model_validate_json(text)
+        return AuditLog.model_validate(migrate(d))
     except ValueError as e:
         raise InputError(f"{p} is not a valid audit log: {str(e).splitlines()[0]}") from None
 

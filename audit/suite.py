@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from audit.items import items_hash
 from audit.models import content_hash
 from audit.policy import load_policy
 from audit.progress import log as logger
+from audit.registry import available_lenses
 from audit.run import library_versions, load_items, model_paths, run
 from audit.schema import AuditLog, read_log
 
@@ -30,6 +32,7 @@ def read_manifest(suite: str | Path) -> dict[str, Any]:
 def audit_suite(
     suite: str | Path, out: str | Path, *, lenses: list[str] | None = None, only: list[str] | None = None,
     seed: int = 0, options: dict[str, Any] | None = None, reference: bool = True, resume: bool = False,
+    on_log_written: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
 
@@ -43,8 +46,10 @@ def audit_suite(
     organism runs with ``AuditConfig(resume=True)``, so one stopped mid-way continues from
     its finished lenses.
 
-    Writes ``OUT/<organism>/audit_log.json`` and ``report.html`` per organism and
-    ``OUT/summary.json``; returns one row per organism (truth vs verdict).
+    Writes ``OUT/<organism>/audit_log.json`` per organism and ``OUT/summary.json``; returns
+    one row per organism (truth vs verdict). ``on_log_written`` is called with each
+    organism's ``audit_log.json`` once it is written, and with a log read back whose
+    ``report.html`` is missing (``cli.py`` renders the report there).
     """
     suite, out = Path(suite), Path(out)
     man = read_manifest(suite)
@@ -65,9 +70,9 @@ def audit_suite(
             forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
             lenses=lenses or ["behavior"], seed=seed, resume=resume, **options,
         )
-        log = _finished(cfg) if resume else None
+        log = _finished(cfg, on_log_written) if resume else None
         if log is None:
-            log = run(cfg)
+            log = run(cfg, on_log_written=on_log_written)
         else:
             reused.append(name)
         v = log.verdicts[0]
@@ -105,7 +110,7 @@ def _stale(cfg: AuditConfig, log: AuditLog) -> str | None:
     options, seed, dtype, item format, ...); the content hash of each checkpoint (a rebuilt
     suite keeps its paths); the forget and retain items as loaded (items the model changed,
     by a chat template or by dropping, never match, so such a log is always redone); the
-    policy; and the package version.
+    policy; the package version; and the code version of each lens (``lens_version``).
     """
     if log.status != "success" or log.error is not None or not log.verdicts:
         return "it did not finish"
@@ -121,10 +126,14 @@ def _stale(cfg: AuditConfig, log: AuditLog) -> str | None:
         return "the policy changed"
     if log.versions.get("unlearning-audit") != library_versions().get("unlearning-audit"):
         return "it was made by another version of the auditor"
+    lenses = available_lenses()
+    for name, res in log.lenses.items():
+        if name in lenses and res.lens_version != lenses[name].version:
+            return f"lens {name} changed (version {res.lens_version}, now {lenses[name].version})"
     return None
 
 
-def _finished(cfg: AuditConfig) -> AuditLog | None:
+def _finished(cfg: AuditConfig, on_log_written: Callable[[Path], None] | None = None) -> AuditLog | None:
     """The finished ``audit_log.json`` in ``cfg.out`` if :func:`_stale` finds nothing against it."""
     p = Path(cfg.out) / "audit_log.json"
     if not p.is_file():
@@ -137,8 +146,6 @@ def _finished(cfg: AuditConfig) -> AuditLog | None:
     if why is not None:
         logger.info("%s: the earlier audit is not reused (%s); auditing again", cfg.out, why)
         return None
-    if not (Path(cfg.out) / "report.html").is_file():  # the run stopped between the log and its report
-        from reports import render_file
-
-        render_file(p, Path(cfg.out) / "report.html")
+    if on_log_written is not None and not (Path(cfg.out) / "report.html").is_file():
+        on_log_written(p)  # the run stopped between the log and its report
     return log

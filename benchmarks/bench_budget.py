@@ -200,7 +200,7 @@ def run(quick: bool = False) -> Section:
         cfg = AuditConfig(base=str(o / "base"), unlearned=str(o / "rmu_gentle"), reference=str(o / "reference_a"),
                           forget=str(o / "forget.jsonl"), retain=str(o / "retain.jsonl"), out=str(root / "out"),
                           lenses=LENSES, cache_dir=str(root / "cache"), max_items=60 if quick else None)
-        log = audit_run(cfg, render=False)
+        log = audit_run(cfg)
     finally:
         if saved is None:
             os.environ.pop("AUDIT_CACHE", None)

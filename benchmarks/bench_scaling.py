@@ -43,7 +43,7 @@ def _audit_seconds(n: int, root: Path) -> tuple[float, dict[str, float]]:
     cfg = AuditConfig(base=str(o / "base"), unlearned=str(o / "rmu_gentle"), reference=str(o / "reference_a"),
                       forget=str(d / "forget.jsonl"), retain=str(d / "retain.jsonl"), out=str(d / "out"),
                       lenses=LENSES, lens_options=OPTIONS, cache_dir=str(d / "cache"))
-    log = run(cfg, render=False)
+    log = run(cfg)
     errors = [k for k, v in log.lenses.items() if v.error]
     if errors:
         raise RuntimeError(f"lenses failed at {n} items: {errors}")

@@ -93,8 +93,8 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
         if null is not None:
             data["per_item"]["readings"][RANKING_PRIOR_REMOVED]["null"] = null.tolist()
             data["per_item"]["readings"]["ranking (soft)"]["null"] = null.tolist()
-    notes = [] if ctx.has_reference else [
-        "no reference model: the knowledge-free end points are estimates: chance after removing each model's "
-        "prior (ranking, where items name a subject; elsewhere the answer prior of the item set) and U's greedy "
-        "rate on one distractor (greedy)"]
+    notes = ctx.no_reference_notes(
+        "the knowledge-free end points are estimates: chance after removing each model's prior (ranking, where "
+        "items name a subject; elsewhere the answer prior of the item set) and U's greedy rate on one distractor "
+        "(greedy)")
     return LensResult(name="behavior", config=cfg.model_dump(), recoveries=recs, data=data, notes=notes)

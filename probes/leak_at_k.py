@@ -295,12 +295,11 @@ def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
         recs.append(rec)
         per_item[reading] = {role: v.tolist() for role, v in per_role.items()} | (
             {} if ctx.has_reference else {"reference": zeros.tolist()})
-    if not ctx.has_reference:
-        notes.append(
-            "no reference model: the end point is the contrast's knowledge-free value, 0: a model without the "
-            "knowledge names the answer as often as each distractor, whatever its temperature (this assumes "
-            "answers and distractors are exchangeable; a prior over answer values that the item set's answers "
-            "favour would raise it, and only a reference carries that)")
+    notes += ctx.no_reference_notes(
+        "the end point is the contrast's knowledge-free value, 0: a model without the knowledge names the answer "
+        "as often as each distractor, whatever its temperature (this assumes answers and distractors are "
+        "exchangeable; a prior over answer values that the item set's answers favour would raise it, and only a "
+        "reference carries that)")
     rows = []
     for i, it in enumerate(items):
         row: dict[str, Any] = {"id": it.id, "answer": it.answer}

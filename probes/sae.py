@@ -706,6 +706,5 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
         f"restoration: codes moved by the mean B − U shift of the other folds × scale, added as dec(z') − dec(z) "
         f"(error term kept); controls: {cfg.n_controls} frequency-matched random feature sets per scale",
     ]
-    if not ctx.has_reference:
-        notes.append("no reference model: the end point is chance and cannot be restored")
+    notes += ctx.no_reference_notes("the end point is chance and cannot be restored")
     return LensResult(name="sae", config=cfg.model_dump(), recoveries=[rec], data=data, notes=notes)

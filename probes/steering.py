@@ -701,8 +701,7 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
         "dose_response rows give each setting's recovery against the unsteered N (only the chosen settings "
         "are also run on N); score_excess is the steered score minus the controls' 95th percentile",
     ]
-    if not ctx.has_reference:
-        notes.append("no reference model: the end point is chance and cannot be steered")
+    notes += ctx.no_reference_notes("the end point is chance and cannot be steered")
     if cfg.embed and EMBED not in sites:
         notes.append("the model exposes no hook_embed: the embedding output was not steered")
     return LensResult(name="steering", config=cfg.model_dump(), recoveries=[rec], data=data, notes=notes)

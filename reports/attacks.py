@@ -2,26 +2,22 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from audit.schema import LensResult
-from reports.render import ROLE_COLORS, Page, _num, e, section
+from reports.fmt import finite, num
+from reports.render import ROLE_COLORS, Page, e, section
 
 ROLES = ("base", "unlearned", "reference")
 
 
-def _finite(x: Any) -> float | None:
-    return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
-
-
 def _err(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Asymmetric error bars from rows holding recovery, ci_low and ci_high."""
-    up = [(_finite(r.get("ci_high")) or 0.0) - (_finite(r.get("recovery")) or 0.0) for r in rows]
-    down = [(_finite(r.get("recovery")) or 0.0) - (_finite(r.get("ci_low")) or 0.0) for r in rows]
+    up = [(finite(r.get("ci_high")) or 0.0) - (finite(r.get("recovery")) or 0.0) for r in rows]
+    down = [(finite(r.get("recovery")) or 0.0) - (finite(r.get("ci_low")) or 0.0) for r in rows]
     return {"type": "data", "array": up, "arrayminus": down}
 
 
@@ -42,7 +38,7 @@ def quantization_section(page: Page, res: LensResult) -> None:
     for scheme in dict.fromkeys(r["scheme"] for r in rows):
         sub = [r for r in rows if r["scheme"] == scheme]
         fig.add_trace(go.Bar(
-            name=scheme, x=[_qlabel(r) for r in sub], y=[_finite(r["recovery"]) for r in sub],
+            name=scheme, x=[_qlabel(r) for r in sub], y=[finite(r["recovery"]) for r in sub],
             error_y=_err(sub), marker_color=["#1f77b4" if r["informative"] else "#c7c7c7" for r in sub],
             marker_pattern_shape="/" if scheme == "asym" else "",
         ))
@@ -63,9 +59,9 @@ def quantization_section(page: Page, res: LensResult) -> None:
                        yaxis_range=[0, 1.05], height=360)
     err = "".join(
         f"<tr><td>{e(_qlabel(r))}</td>"
-        + "".join(f"<td>{_num(r['weight_error'][role]['rel_error'], '.4f')}</td>" for role in ROLES
+        + "".join(f"<td>{num(r['weight_error'][role]['rel_error'], '.4f')}</td>" for role in ROLES
                   if role in r["weight_error"])
-        + f"<td>{_num(r['recovery'])} ({_num(r['ci_low'])}–{_num(r['ci_high'])})</td></tr>"
+        + f"<td>{num(r['recovery'])} ({num(r['ci_low'])}–{num(r['ci_high'])})</td></tr>"
         for r in rows
     )
     roles = [role for role in ROLES if role in rows[0]["weight_error"]]
@@ -96,7 +92,7 @@ def relearn_section(page: Page, res: LensResult) -> None:
             if role in rows[0]:
                 fig.add_trace(go.Scatter(name=f"S({role})", mode="lines+markers", x=[r["steps"] for r in rows],
                                          y=[r[role] for r in rows], marker_color=ROLE_COLORS[role]), row=1, col=1)
-        scored = [r for r in rows if _finite(r.get("recovery")) is not None]
+        scored = [r for r in rows if finite(r.get("recovery")) is not None]
         fig.add_trace(go.Scatter(name="recovery R (95% CI)", mode="lines+markers", x=[r["steps"] for r in scored],
                                  y=[r["recovery"] for r in scored], error_y=_err(scored),
                                  marker_color=["#ff7f0e" if r.get("side_effect_ok", True) else "#c7c7c7"
@@ -166,9 +162,9 @@ def leak_at_k_section(page: Page, res: LensResult) -> None:
         head = "".join(f"<th>leak@{ks[j]} answer</th><th>leak@{ks[j]} distractors</th><th>contrast</th>"
                        for j in cols)
         trs = "".join(
-            f"<tr><td>{e(role)}</td><td>{_num(d.get('greedy', {}).get(role))}</td>"
-            + "".join(f"<td>{_num(d['leak'][role][j])}</td><td>{_num(dis.get(role, [None] * len(ks))[j])}</td>"
-                      f"<td>{_num(con[role][j])}</td>" for j in cols) + "</tr>"
+            f"<tr><td>{e(role)}</td><td>{num(d.get('greedy', {}).get(role))}</td>"
+            + "".join(f"<td>{num(d['leak'][role][j])}</td><td>{num(dis.get(role, [None] * len(ks))[j])}</td>"
+                      f"<td>{num(con[role][j])}</td>" for j in cols) + "</tr>"
             for role in roles if role in con)
         body += f"<table><tr><th>model</th><th>greedy</th>{head}</tr>{trs}</table>"
     page.section("leak@k", body + _notes(res), "leak_at_k")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +10,11 @@ import plotly.graph_objects as go
 
 from audit.atomic import atomic_write_text
 from audit.errors import InputError
+from reports.fmt import num, pct
 from reports.render import LABEL_COLORS, Page, e
 
 TRUTHS = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED")
 LABELS = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")
-
-
-def _f(x: Any, spec: str = ".2f") -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
 
 
 SOURCES = {
@@ -58,7 +54,7 @@ def _by_source(s: dict[str, Any]) -> str:
             continue
         truths = tuple(x for x in TRUTHS if any(t["confusion"][x].values()))
         html += (f"<h4>{e(title)}</h4><p>{e(what)} {t['n_correct']} of {t['n_construction']} labelled correctly "
-                 f"({_f(100 * t['accuracy'] if t['accuracy'] is not None else None, '.0f')}%)"
+                 f"({pct(t['accuracy'])}%)"
                  + (f"; {t['suppressed_called_deleted']} SUPPRESSED-truth labelled DELETED" if src == "construction"
                     else "") + ".</p>" + _matrix(t, truths))
     return html
@@ -68,10 +64,10 @@ def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (co
                anchor: str = "confusion", intro: str = "") -> None:
     danger = s["suppressed_called_deleted"]
     body = (intro + f"<p>{s['n_correct']} of {s['n_construction']} construction-truth organisms labelled correctly "
-            f"({_f(100 * s['accuracy'] if s['accuracy'] is not None else None, '.0f')}%). "
+            f"({pct(s['accuracy'])}%). "
             + (f"<b class='bad'>{danger} SUPPRESSED-truth organism(s) labelled DELETED (the dangerous error).</b>"
                if danger else "No SUPPRESSED-truth organism was labelled DELETED.")
-            + f" Deletion-score AUROC (DELETED vs SUPPRESSED truth): {_f(s['deletion_score_auroc'], '.3f')}.</p>"
+            + f" Deletion-score AUROC (DELETED vs SUPPRESSED truth): {num(s['deletion_score_auroc'], '.3f')}.</p>"
             + _matrix(s))
     nt = s.get("never_trained")
     if nt and nt["n"]:
@@ -84,7 +80,7 @@ def _confusion(page: Page, s: dict[str, Any], title: str = "Confusion matrix (co
     per = s.get("per_label")
     if per:
         body += "<table><tr><th>label</th><th>precision</th><th>recall</th><th>truth</th><th>labelled</th></tr>" + "".join(
-            f"<tr><th>{lab}</th><td>{_f(v['precision'])}</td><td>{_f(v['recall'])}</td><td>{v['n_truth']}</td>"
+            f"<tr><th>{lab}</th><td>{num(v['precision'])}</td><td>{num(v['recall'])}</td><td>{v['n_truth']}</td>"
             f"<td>{v['n_called']}</td></tr>" for lab, v in per.items()) + "</table>"
     body += _by_source(s)
     if s["wrong"]:
@@ -110,7 +106,7 @@ def _scores(page: Page, rows: list[dict[str, Any]]) -> None:
 
 def _per_lens(page: Page, s: dict[str, Any]) -> None:
     per = s["per_lens_auroc"]
-    rows = "".join(f"<tr><td>{e(k)}</td><td>{_f(v['auroc'], '.3f')}</td><td>{v['n_deleted']}</td>"
+    rows = "".join(f"<tr><td>{e(k)}</td><td>{num(v['auroc'], '.3f')}</td><td>{v['n_deleted']}</td>"
                    f"<td>{v['n_suppressed']}</td></tr>" for k, v in per.items())
     page.section("Per-lens AUROC", "<p>AUROC of each lens's own deletion score (1 − its largest informative "
                  "recovery) for DELETED vs SUPPRESSED truth; a lens with no informative reading on an organism "
@@ -129,8 +125,8 @@ def _methods(page: Page, methods: list[dict[str, Any]], no_ref: list[dict[str, A
     rows = "".join(
         f"<tr><td>{e(r['suite'])}</td><td>{e(r['organism'])}</td><td>{lab(r['verdict'])}</td>"
         f"<td>{lab(without.get((r['suite'], r['organism'])))}</td>"
-        f"<td>{_f(r['deletion_score'])}</td><td>{_f(r['relearn_recovery'])}</td>"
-        f"<td>{_f(r['quantization_recovery'])}</td><td>{_f(r['forget_score'])}</td><td>{_f(r['retain_score'])}</td></tr>"
+        f"<td>{num(r['deletion_score'])}</td><td>{num(r['relearn_recovery'])}</td>"
+        f"<td>{num(r['quantization_recovery'])}</td><td>{num(r['forget_score'])}</td><td>{num(r['retain_score'])}</td></tr>"
         for r in methods)
     page.section("Method-produced organisms", "<p>No construction truth: the verdict beside what the relearn and "
                  "quantization attacks recovered.</p><table><tr><th>suite</th><th>organism</th><th>verdict</th>"

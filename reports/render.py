@@ -6,10 +6,11 @@ is escaped; figure JSON has ``<`` escaped so no string can close the script tag.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,9 @@ from plotly.offline import get_plotlyjs
 from plotly.utils import PlotlyJSONEncoder
 
 from audit.atomic import atomic_write_text
+from audit.caveats import NO_REFERENCE_VERDICT
 from audit.schema import AuditLog, LensResult, read_log
+from reports.fmt import count, finite, num, seconds
 
 ROLE_COLORS = {"base": "#1f77b4", "unlearned": "#d62728", "reference": "#7f7f7f"}
 LABEL_COLORS = {"DELETED": "#2ca02c", "SUPPRESSED": "#ff7f0e", "NOT_UNLEARNED": "#d62728", "INCONCLUSIVE": "#7f7f7f"}
@@ -26,12 +29,41 @@ LABEL_COLORS = {"DELETED": "#2ca02c", "SUPPRESSED": "#ff7f0e", "NOT_UNLEARNED": 
 e = html.escape
 
 
-class Page:
-    """Collects sections and figures of one report."""
+@functools.cache
+def _default_policy() -> dict[str, Any]:
+    from audit.policy import Policy
 
-    def __init__(self) -> None:
+    return Policy().model_dump()
+
+
+def policy_value(policy: Mapping[str, Any] | None, key: str) -> Any:
+    """A setting of the policy a run applied, read from the policy its log stores
+    (``AuditLog.policy``), by dotted key (``thresholds.behavior_recovery``,
+    ``side_effect_tolerance``). Today's default stands in where the log does not store it
+    (an older log, or a page rendered without one), or stores something that is not a
+    finite number where the default is one."""
+    found: Any = policy or {}
+    default: Any = _default_policy()
+    for part in key.split("."):
+        found = found.get(part) if isinstance(found, Mapping) else None
+        default = default[part]
+    if isinstance(default, float) and finite(found) is None:
+        return default
+    return default if found is None else found
+
+
+class Page:
+    """Collects sections and figures of one report.
+
+    Args:
+        policy: the policy the run applied, as its log stores it: sections draw its
+            thresholds (see :func:`policy_value`).
+    """
+
+    def __init__(self, policy: Mapping[str, Any] | None = None) -> None:
         self.parts: list[str] = []
         self.figures: list[tuple[str, str]] = []
+        self.policy: Mapping[str, Any] = policy or {}
 
     def section(self, title: str, body: str = "", sid: str | None = None) -> None:
         anchor = f' id="{e(sid)}"' if sid else ""
@@ -60,30 +92,26 @@ class Page:
         return f"<div class='fig' id='{fid}' data-figure='1'></div>{cap}"
 
 
-def _num(x: float | None, fmt: str = ".2f") -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, fmt)
-
-
 def _verdicts(page: Page, log: AuditLog) -> None:
     cards = []
     for v in log.verdicts:
         ev = "".join(
-            f"<li>{e(x.lens)} · {e(x.reading)}: {_num(x.value)} (CI {_num(x.ci_low)}–{_num(x.ci_high)})</li>"
+            f"<li>{e(x.lens)} · {e(x.reading)}: {num(x.value)} (CI {num(x.ci_low)}–{num(x.ci_high)})</li>"
             for x in v.evidence[:4]
         )
         cards.append(
             f"<div class='card' style='border-color:{LABEL_COLORS[v.label]}'>"
             f"<div class='scope'>{e(v.scope)}</div>"
             f"<div class='label' style='color:{LABEL_COLORS[v.label]}'>{e(v.label)}</div>"
-            f"<div>deletion score <b>{_num(v.deletion_score)}</b></div>"
+            f"<div>deletion score <b>{num(v.deletion_score)}</b></div>"
             f"<p>{e(v.reason)}</p><ul>{ev}</ul></div>"
         )
     ru = log.retain_utility
     util = ""
     if ru:
         flag = " <b class='bad'>collapsed: deletion cannot be told from damage</b>" if ru.get("collapsed") else ""
-        util = (f"<p>Retain utility: base {_num(ru['base'])}, unlearned {_num(ru['unlearned'])} "
-                f"(drop {_num(ru['drop'])}){flag}</p>")
+        util = (f"<p>Retain utility: base {num(ru['base'])}, unlearned {num(ru['unlearned'])} "
+                f"(drop {num(ru['drop'])}){flag}</p>")
     pr = log.policy_result
     gate = ""
     if pr:
@@ -124,8 +152,8 @@ def _recovery_chart(page: Page, log: AuditLog) -> None:
             colors.append("#1f77b4" if r.informative else "#c7c7c7")
     if not names:
         return
-    th = log.policy.get("thresholds", {}) or {}
-    lines = ((th.get("tau_d", 0.15), "τ_d"), (th.get("tau_s", 0.3), "τ_s"), (0.5, "behavior gate"))
+    lines = tuple((policy_value(log.policy, f"thresholds.{key}"), label) for key, label in
+                  (("tau_d", "τ_d"), ("tau_s", "τ_s"), ("behavior_recovery", "behavior gate")))
     x0, x1 = recovery_axis(rows, [x for x, _ in lines])
 
     def clip(x: float) -> float:
@@ -139,14 +167,14 @@ def _recovery_chart(page: Page, log: AuditLog) -> None:
         vals.append(vc)
         lo.append(max(vc - lo_c, 0.0))
         hi.append(max(hi_c - vc, 0.0))
-        hover.append(f"R {_num(v)} (CI {_num(cl)} to {_num(ch)})")
+        hover.append(f"R {num(v)} (CI {num(cl)} to {num(ch)})")
         out = [x for x in (v, cl, ch) if math.isfinite(x) and not x0 <= x <= x1]
         if out:  # drawn at the edge, with a marker that gives the real numbers
             left = any(x < x0 for x in out)
             right = any(x > x1 for x in out)
             for side, edge in (("left", x0), ("right", x1)):
                 if (left and side == "left") or (right and side == "right"):
-                    clipped.append((edge, name, side, f"R {_num(v)}, CI {_num(cl)} to {_num(ch)} (off the axis)"))
+                    clipped.append((edge, name, side, f"R {num(v)}, CI {num(cl)} to {num(ch)} (off the axis)"))
     fig = go.Figure(go.Bar(x=vals, y=names, orientation="h", marker_color=colors, name="recovery",
                            error_x={"type": "data", "array": hi, "arrayminus": lo}, hovertext=hover,
                            hoverinfo="text+y", showlegend=False))
@@ -200,7 +228,7 @@ def _item_table(page: Page, rows: list[dict[str, Any]]) -> None:
 def _metadata(page: Page, log: AuditLog) -> None:
     rows = "".join(
         f"<tr><td>{e(r)}</td><td>{e(m.path)}</td><td><code>{e(m.hash)}</code></td><td>{e(m.architecture)}</td>"
-        f"<td>{m.n_layers}</td><td>{m.d_model}</td><td>{m.n_params:,}</td></tr>"
+        f"<td>{m.n_layers}</td><td>{m.d_model}</td><td>{count(m.n_params)}</td></tr>"
         for r, m in log.models.items()
     )
     models = ("<table><tr><th>role</th><th>path</th><th>hash</th><th>architecture</th><th>layers</th>"
@@ -208,7 +236,7 @@ def _metadata(page: Page, log: AuditLog) -> None:
     items = "".join(f"<li>{e(k)}: {e(v.path)} ({v.n_items} items, format {e(v.format)}, hash <code>{e(v.hash)}</code>)"
                     f"{'. ' + e('; '.join(v.notes)) if v.notes else ''}</li>"
                     for k, v in log.items.items())
-    timings = ", ".join(f"{e(k)} {v:.1f}s" for k, v in log.timings.items())
+    timings = ", ".join(f"{e(k)} {seconds(v)}" for k, v in log.timings.items())
     versions = ", ".join(f"{e(k)} {e(v)}" for k, v in log.versions.items())
     cfg = e(json.dumps(log.config, indent=2))
     page.section("Run", f"{models}<ul>{items}</ul><p>Timings: {timings}</p><p>Versions: {versions}</p>"
@@ -220,7 +248,7 @@ def _lens_notes(page: Page, log: AuditLog) -> None:
     rows = []
     for name, res in log.lenses.items():
         msg = f"<b class='bad'>error: {e(res.error)}</b>" if res.error else "; ".join(e(n) for n in res.notes)
-        rows.append(f"<tr><td>{e(name)}</td><td>{res.seconds:.1f}s</td><td>{msg}</td></tr>")
+        rows.append(f"<tr><td>{e(name)}</td><td>{seconds(res.seconds)}</td><td>{msg}</td></tr>")
     page.section("Lenses run", "<table><tr><th>lens</th><th>time</th><th>notes</th></tr>" + "".join(rows) + "</table>")
 
 
@@ -259,7 +287,7 @@ r.style.display=r.textContent.toLowerCase().includes(q)?'':'none';}
 
 def render(log: AuditLog) -> str:
     """The report's HTML for a results log."""
-    page = Page()
+    page = Page(log.policy)
     _verdicts(page, log)
     _recovery_chart(page, log)
     for name, res in log.lenses.items():
@@ -270,7 +298,7 @@ def render(log: AuditLog) -> str:
     m = log.models
     title = f"Unlearning audit: {m['unlearned'].path if 'unlearned' in m else ''}"
     refs = [m[r].path for r in m if r == "reference" or r.startswith("reference_")]
-    ref = ", ".join(refs) if refs else "none (knowledge-free estimates as end points; DELETED not certified)"
+    ref = ", ".join(refs) if refs else f"none ({NO_REFERENCE_VERDICT})"
     sub = f"base {m['base'].path if 'base' in m else ''} · reference{'s' if len(refs) > 1 else ''} {ref} · {log.created}"
     return page.html(title, sub)
 

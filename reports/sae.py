@@ -3,34 +3,30 @@
 from __future__ import annotations
 
 import html
-import math
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from audit.schema import LensResult
+from reports.fmt import finite, num, pct
 from reports.render import ROLE_COLORS, Page, section
 
 ROLE_NAMES = {"base": "B (base)", "unlearned": "U (unlearned)", "reference": "N (reference)"}
 BAND = "rgba(127,127,127,0.25)"
 
 
-def _fmt(x: Any, spec: str = ".2f") -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
-
-
 def _heatmap(d: dict[str, Any]) -> go.Figure:
     feats = d["concept_features"]
     roles = [r for r in ("base", "unlearned", "reference") if f"survival_{r}" in (feats[0] if feats else {})]
     z = [[f[f"survival_{r}"] for r in roles] for f in feats]
-    text = [[_fmt(v) for v in row] for row in z]
+    text = [[num(v) for v in row] for row in z]
     fig = go.Figure(go.Heatmap(
-        z=[[min(v, 2.0) if v is not None and math.isfinite(v) else None for v in row] for row in z],
+        z=[[None if finite(v) is None else min(v, 2.0) for v in row] for row in z],
         x=[ROLE_NAMES[r] for r in roles], y=[f"f{f['feature']}" for f in feats], text=text,
         texttemplate="%{text}", zmin=0, zmax=2, colorscale="RdBu", zmid=1,
         colorbar={"title": "survival"},
-        customdata=[[f"forget rate {f['forget_rate']:.2f}, retain rate {f['retain_rate']:.2f}"] * len(roles)
+        customdata=[[f"forget rate {num(f['forget_rate'])}, retain rate {num(f['retain_rate'])}"] * len(roles)
                     for f in feats],
         hovertemplate="%{y} in %{x}: survival %{text}<br>%{customdata}<extra></extra>",
     ))
@@ -71,12 +67,12 @@ def _corpus_text(q: dict[str, Any]) -> str:
     c = q.get("corpus") or {}
     src = str(c.get("source", "—"))
     if src == "self-generated":
-        return (f"the base model's own text: {_fmt(c.get('tokens'), 'd')} tokens sampled (T {_fmt(c.get('temperature'), 'g')}, "
-                f"top-p {_fmt(c.get('top_p'), 'g')}) from {_fmt(c.get('n_openers'), 'd')} "
+        return (f"the base model's own text: {num(c.get('tokens'), 'd')} tokens sampled (T {num(c.get('temperature'), 'g')}, "
+                f"top-p {num(c.get('top_p'), 'g')}) from {num(c.get('n_openers'), 'd')} "
                 f"{'generic openers' if c.get('openers') == 'generic' else 'openers taken from the items'}, "
                 "and the audit prompts")
     if src == "text files":
-        return f"{_fmt(c.get('lines'), 'd')} lines of text files ({', '.join(map(str, c.get('files', [])))}) and the audit prompts"
+        return f"{num(c.get('lines'), 'd')} lines of text files ({', '.join(map(str, c.get('files', [])))}) and the audit prompts"
     return src
 
 
@@ -90,16 +86,16 @@ def _quality(d: dict[str, Any]) -> str:
                "<b class='bad'>below the minimum: the lens is uninformative</b>")
     where = "held-out sequences" if q.get("held_out") else "the audit prompts"
     rows = [
-        ("explained variance", f"{_fmt(q.get('explained_variance'), '.3f')} (minimum {_fmt(thr, 'g')}) — {verdict}"),
-        ("dead features", f"{_fmt(100 * q['dead_fraction'], '.1f')}% (no activation on "
+        ("explained variance", f"{num(q.get('explained_variance'), '.3f')} (minimum {num(thr, 'g')}) — {verdict}"),
+        ("dead features", f"{pct(q['dead_fraction'], '.1f')}% (no activation on "
                           f"{e(str(q.get('dead_measured_on') or where))})"
          if q.get("dead_fraction") is not None else "—"),
-        ("L0", _fmt(q.get("l0"), ".1f")),
+        ("L0", num(q.get("l0"), ".1f")),
         ("SAE", f"{e(str(q.get('architecture')))}, {q.get('d_sae')} features, {e(str(q.get('source')))}, at "
                 f"<code>{e(str(d['hook']))}</code>"),
-        ("trained on", (f"{_fmt(q.get('n_train_tokens'), 'd')} tokens: {e(_corpus_text(q))}"
+        ("trained on", (f"{num(q.get('n_train_tokens'), 'd')} tokens: {e(_corpus_text(q))}"
                         if q.get("n_train_tokens") else "pretrained (loaded from disk)")),
-        ("measured on", f"{_fmt(q.get('n_tokens'), 'd')} tokens of {where}"),
+        ("measured on", f"{num(q.get('n_tokens'), 'd')} tokens of {where}"),
     ]
     table = "<table class='quality'>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>"
     ex = (q.get("corpus") or {}).get("examples") or []
@@ -116,17 +112,17 @@ def _summary(res: LensResult) -> str:
         return "".join(parts)
     parts += [
         f"<p>{len(d['concept_features'])} concept features: mean per-prompt code on forget prompts "
-        f"{_fmt(d['selectivity']['forget_mean'], '.3f')} vs retain {_fmt(d['selectivity']['retain_mean'], '.3f')}. "
-        "Total survival: " + ", ".join(f"{ROLE_NAMES[r]} {_fmt(v)}" for r, v in d["survival"]["total"].items())
+        f"{num(d['selectivity']['forget_mean'], '.3f')} vs retain {num(d['selectivity']['retain_mean'], '.3f')}. "
+        "Total survival: " + ", ".join(f"{ROLE_NAMES[r]} {num(v)}" for r, v in d["survival"]["total"].items())
         + ".</p>",
     ]
     if res.recoveries:
         r = res.recoveries[0]
         st = d["restored"]
-        parts.append(f"<p>Restoration recovery {_fmt(r.value)} (CI {_fmt(r.ci_low)}–{_fmt(r.ci_high)}); random "
-                     f"feature sets' 95th percentile {_fmt(r.control_threshold)}, excess {_fmt(r.excess)}; retain "
-                     f"drop {_fmt(st.get('retain_drop'))}. Scales chosen per fold: "
-                     + ", ".join(f"fold {c['fold']} ×{c['scale']:g}" for c in d["chosen"]) + ".</p>")
+        parts.append(f"<p>Restoration recovery {num(r.value)} (CI {num(r.ci_low)}–{num(r.ci_high)}); random "
+                     f"feature sets' 95th percentile {num(r.control_threshold)}, excess {num(r.excess)}; retain "
+                     f"drop {num(st.get('retain_drop'))}. Scales chosen per fold: "
+                     + ", ".join(f"fold {c['fold']} ×{num(c['scale'], 'g')}" for c in d["chosen"]) + ".</p>")
     return "".join(parts)
 
 

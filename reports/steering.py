@@ -3,34 +3,34 @@
 from __future__ import annotations
 
 import html
-import math
+from collections.abc import Mapping
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from audit.schema import LensResult
-from reports.render import ROLE_COLORS, Page, section
+from reports.fmt import finite, num, signed
+from reports.render import ROLE_COLORS, Page, policy_value, section
 
 DIRECTION_COLORS = {"base_minus_unlearned": "#9467bd", "forget_minus_retain": "#2ca02c", "random": "#8c564b"}
 POOL_DASH = {"last": "solid", "mean": "dash", "-": "dot"}
 BAND = "rgba(127,127,127,0.25)"
 
 
-def _fmt(x: Any, spec: str = ".2f") -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)
+def side_effect_tolerance(d: dict[str, Any], policy: Mapping[str, Any] | None) -> float:
+    """The retain-drop tolerance the lens applied: its own record, else the run's policy's
+    (``side_effect_tolerance``, which the run hands the lens unless its options set one)."""
+    own = finite(d.get("side_effect_tolerance"))
+    return own if own is not None else float(policy_value(policy, "side_effect_tolerance"))
 
 
-def _cat(scale: float) -> str:
-    return "0" if scale == 0 else f"{scale:+g}"
-
-
-def _figure(d: dict[str, Any]) -> go.Figure:
+def _figure(d: dict[str, Any], tolerance: float) -> go.Figure:
     curve = d["dose_response"]
     sites = [s for s in d["sites"] if any(r["site"] == s for r in curve)]
     labels = {r["site"]: r["site_label"] for r in curve}
     scales = sorted({r["scale"] for r in curve if r["form"] == "add"} | {0.0})
-    cats = (["ablate"] if any(r["form"] == "ablate" for r in curve) else []) + [_cat(s) for s in scales]
+    cats = (["ablate"] if any(r["form"] == "ablate" for r in curve) else []) + [signed(s) for s in scales]
     base_u = d["unsteered"]["forget"].get("unlearned")
     base_ret = d["unsteered"]["retain_accuracy_unlearned"]
     fig = make_subplots(rows=2, cols=len(sites), shared_yaxes=True, shared_xaxes=True, vertical_spacing=0.08,
@@ -42,7 +42,7 @@ def _figure(d: dict[str, Any]) -> go.Figure:
         # control band: shared by every direction at a site and |scale|
         band = {(r["form"], abs(r["scale"])): r for r in rows}
         xs = [s for s in scales if s == 0 or ("add", abs(s)) in band]
-        add_x = [_cat(s) for s in xs]
+        add_x = [signed(s) for s in xs]
         lo, mid, hi = ([base_u if s == 0 else band[("add", abs(s))][f"control_{q}"] for s in xs]
                        for q in ("p5", "p50", "p95"))
         fig.add_trace(go.Scatter(x=add_x, y=lo, mode="lines", line={"width": 0}, showlegend=False,
@@ -69,7 +69,7 @@ def _figure(d: dict[str, Any]) -> go.Figure:
                                                                       "retain_accuracy": base_ret}],
                           key=lambda r: r["scale"])
             for row, field in ((1, "score"), (2, "retain_accuracy")):
-                fig.add_trace(go.Scatter(x=[_cat(r["scale"]) for r in adds], y=[r[field] for r in adds],
+                fig.add_trace(go.Scatter(x=[signed(r["scale"]) for r in adds], y=[r[field] for r in adds],
                                          mode="lines+markers", line=style, name=name, legendgroup=name,
                                          showlegend=name not in shown), row=row, col=col)
                 shown.add(name)
@@ -83,7 +83,7 @@ def _figure(d: dict[str, Any]) -> go.Figure:
             y = d["unsteered"]["forget"].get(role)
             if y is not None:
                 fig.add_hline(y=y, line_dash="dot", line_color=ROLE_COLORS[role], row=1, col=col)
-        fig.add_hline(y=base_ret - d.get("side_effect_tolerance", 0.05), line_dash="dot", line_color="#d62728",
+        fig.add_hline(y=base_ret - tolerance, line_dash="dot", line_color="#d62728",
                       row=2, col=col)
         fig.update_xaxes(categoryorder="array", categoryarray=cats, row=1, col=col)
         fig.update_xaxes(categoryorder="array", categoryarray=cats, title_text="scale (× residual norm)", row=2,
@@ -101,20 +101,20 @@ def _table(res: LensResult) -> str:
     d = res.data
     rows = "".join(
         f"<tr><td>{c['fold']}</td><td>{e(c['label'])}</td><td>{c['n_items']}</td>"
-        f"<td>{_fmt(c['other_folds_score_excess'])}</td><td>{_fmt(c['other_folds_retain_drop'])}</td></tr>"
+        f"<td>{num(c['other_folds_score_excess'])}</td><td>{num(c['other_folds_retain_drop'])}</td></tr>"
         for c in d.get("chosen", [])
     )
     st = d.get("steered", {})
-    parts = [f"U {_fmt(st.get('unlearned'))}", f"B {_fmt(st.get('base'))}"]
+    parts = [f"U {num(st.get('unlearned'))}", f"B {num(st.get('base'))}"]
     if "reference" in st:
-        parts.append(f"N {_fmt(st['reference'])}")
+        parts.append(f"N {num(st['reference'])}")
     summary = ""
     if res.recoveries:
         r = res.recoveries[0]
         ok = {True: "within tolerance", False: "<b class='bad'>over tolerance: does not count</b>", None: "—"}
-        summary = (f"<p>Recovery {_fmt(r.value)} (CI {_fmt(r.ci_low)}–{_fmt(r.ci_high)}); random-direction "
-                   f"95th percentile {_fmt(r.control_threshold)}, excess {_fmt(r.excess)}; retain drop "
-                   f"{_fmt(st.get('retain_drop'))} ({ok[r.side_effect_ok]}).</p>")
+        summary = (f"<p>Recovery {num(r.value)} (CI {num(r.ci_low)}–{num(r.ci_high)}); random-direction "
+                   f"95th percentile {num(r.control_threshold)}, excess {num(r.excess)}; retain drop "
+                   f"{num(st.get('retain_drop'))} ({ok[r.side_effect_ok]}).</p>")
     return (summary + f"<p>Steered scores on held-out folds: {', '.join(parts)}.</p>"
             "<table><tr><th>fold</th><th>setting chosen on the other folds</th><th>items</th>"
             f"<th>score above controls' p95 there</th><th>retain drop there</th></tr>{rows}</table>")
@@ -126,7 +126,8 @@ def steering_section(page: Page, res: LensResult) -> None:
     d = res.data
     body = _table(res)
     if d.get("dose_response"):
-        body = page.figure(_figure(d), "Knowledge score of U with one item-agnostic direction added (lines) or "
+        fig = _figure(d, side_effect_tolerance(d, page.policy))
+        body = page.figure(fig, "Knowledge score of U with one item-agnostic direction added (lines) or "
                            "ablated (markers at 'ablate'), per site; grey: norm-matched random directions "
                            "(p5–p95, median dotted); dotted lines: unsteered base and reference. Bottom: U's "
                            "retain accuracy under the same intervention (red: the side-effect tolerance).") + body

@@ -40,7 +40,7 @@ def first(tmp_path_factory):
     """The tiny preset calibrated once (suite built in this session) and its result."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("calibrate_resume")
-    res = calibrate(root / "out", TINY, suites=root / "suites", render=False)
+    res = calibrate(root / "out", TINY, suites=root / "suites")
     return root, res
 
 
@@ -85,7 +85,7 @@ def test_resume_reaudits_only_the_organism_whose_log_is_gone(first, calls, tmp_p
     gone = out / SUITE / "no_reference" / "noop" / "audit_log.json"
     gone.unlink()
     before = _logs(out)
-    again = calibrate(out, TINY, suites=suites, render=False, resume=True)
+    again = calibrate(out, TINY, suites=suites, resume=True)
     # and with AuditConfig.resume, so an organism stopped mid-way keeps its finished lenses
     assert [(c.out, c.resume) for c in calls] == [(str(gone.parent), True)]
     assert _key(again["rows"]) == _key(res["rows"])
@@ -99,7 +99,7 @@ def test_resume_with_a_changed_setting_reaudits_everything(first, calls, tmp_pat
     _, res = first
     suites, out = _copy(first, tmp_path)
     changed = TINY.model_copy(update={"lens_options": {"behavior": {"n_boot": 300}}})
-    again = calibrate(out, changed, suites=suites, render=False, resume=True)
+    again = calibrate(out, changed, suites=suites, resume=True)
     assert len(calls) == len(res["rows"]) == len(again["rows"])
     logs = [json.loads((out / SUITE / p / "audit_log.json").read_text())
             for p in ("noop", "reference_b", "no_reference/noop")]
@@ -116,7 +116,7 @@ def test_resume_redoes_a_log_whose_checkpoint_changed(first, calls, tmp_path):
     shutil.copytree(root / "out", out)
     # the copied logs name the first run's checkpoint paths, so the first resume on the copied
     # suite audits every organism again; then one of noop's weights moves
-    calibrate(out, TINY, suites=suites, render=False, resume=True)
+    calibrate(out, TINY, suites=suites, resume=True)
     assert len(calls) == len(res["rows"])
     calls.clear()
     w = suites / SUITE / "noop" / "model.safetensors"
@@ -124,7 +124,7 @@ def test_resume_redoes_a_log_whose_checkpoint_changed(first, calls, tmp_path):
     name = next(iter(t))
     t[name] = t[name] + 1e-3
     save_file(t, w, metadata={"format": "pt"})
-    calibrate(out, TINY, suites=suites, render=False, resume=True)
+    calibrate(out, TINY, suites=suites, resume=True)
     assert sorted(c.out for c in calls) == sorted(str(out / SUITE / p) for p in ("noop", "no_reference/noop"))
 
 
@@ -148,3 +148,24 @@ def test_cli_passes_resume(first, monkeypatch, tmp_path):
     r = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path)])
     assert r.exit_code == 0, r.output
     assert seen["resume"] is False
+
+
+def test_cli_renders_reports_written_in_worker_processes(first, monkeypatch, tmp_path):
+    # `calibrate --jobs 2` audits in spawned processes: cli.py's renderer travels there (it is
+    # picklable), and cli.py renders calibration.html; the library itself imports no reports
+    from typer.testing import CliRunner
+
+    import audit.calibrate
+    from cli import app
+
+    root, res = first
+    monkeypatch.setitem(audit.calibrate.PRESETS, "small", TINY)
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--out", str(out), "--suites",
+                                 str(root / "suites"), "--jobs", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    logs = sorted(out.rglob("audit_log.json"))
+    assert len(logs) == len(res["rows"]) > 1
+    for log in logs:
+        assert log.with_name("report.html").read_text().startswith("<!DOCTYPE html>"), log
+    assert "Confusion matrix" in (out / "calibration.html").read_text()

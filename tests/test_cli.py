@@ -8,6 +8,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from audit.schema import SCHEMA_VERSION
 from cli import app
 
 runner = CliRunner()
@@ -19,7 +20,9 @@ def test_run_writes_log_and_offline_report(run_args, suite, tmp_path):
     assert res.exit_code == 1, res.output
     assert "NOT_UNLEARNED" in res.output and "policy failed" in res.output
     log = json.loads((tmp_path / "o" / "audit_log.json").read_text())
-    assert log["version"] == 1 and log["verdicts"][0]["label"] == "NOT_UNLEARNED"
+    assert log["version"] == SCHEMA_VERSION and log["status"] == "success" and log["error"] is None
+    assert log["verdicts"][0]["label"] == "NOT_UNLEARNED"
+    assert log["lenses"]["behavior"]["lens_version"] == "1"
     assert set(log["models"]) == {"base", "unlearned", "reference"}
     assert all(len(m["hash"]) == 16 for m in log["models"].values())
     rank = log["lenses"]["behavior"]["recoveries"][0]
@@ -151,3 +154,14 @@ def test_group_verdicts_per_attribute(run_args, suite, tmp_path):
     assert scopes == ["forget set", "attribute=city", "attribute=job", "attribute=sport"]
     assert all(v["label"] == "NOT_UNLEARNED" for v in log["verdicts"])
     assert all(v["n_items"] == log["items"]["forget"]["n_items"] // 3 for v in log["verdicts"][1:])
+
+
+def test_organisms_audit_writes_a_report_per_organism(suite, tmp_path):
+    # `make demo`'s path: the library writes the logs, cli.py renders each report beside its log
+    res = runner.invoke(app, ["organisms", "audit", str(suite), "--out", str(tmp_path / "o"), "--lenses", "behavior",
+                              "--only", "head_only"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "o" / "head_only" / "audit_log.json").read_text())["status"] == "success"
+    html = (tmp_path / "o" / "head_only" / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "Plotly.newPlot" in html
+    assert json.loads((tmp_path / "o" / "summary.json").read_text())[0]["organism"] == "head_only"

@@ -63,7 +63,7 @@ def audits(suite, manifest, tmp_path_factory):
         cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / u), reference=refs,
                           forget=str(suite / "forget.jsonl"), retain=str(suite / "retain.jsonl"),
                           out=str(tmp / u), lenses=["full"], lens_options=opts)
-        out[u] = run(cfg, render=False)
+        out[u] = run(cfg)
     return out
 
 

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from audit.errors import InputError
+from audit.schema import SCHEMA_VERSION
 from cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -250,8 +251,9 @@ BAD_REPORT = {
     "results file not UTF-8": (lambda log, d: ["--out", str(d / "r.html"), str(_write(d, "b.json", b'{"v": \xff}'))],
                                "is not a valid audit log"),
     "results file from a newer version": (lambda log, d: ["--out", str(d / "r.html"), str(_write(
-        d, "new.json", log.read_text().replace('"version": 1', '"version": 99', 1)))],
-        "written by a newer unlearning-audit (results schema version 99; this one reads versions up to 1)"),
+        d, "new.json", log.read_text().replace(f'"version": {SCHEMA_VERSION}', '"version": 99', 1)))],
+        f"written by a newer unlearning-audit (results schema version 99; this one reads versions up to "
+        f"{SCHEMA_VERSION})"),
 }
 
 

@@ -70,7 +70,7 @@ def test_run_records_library_warnings_once_in_the_notes(suite, tmp_path, monkeyp
         with warnings.catch_warnings():
             warnings.simplefilter("always")  # without the run's catcher every occurrence would print
             warnings.showwarning = _to_stderr
-            log = run(cfg, render=False)
+            log = run(cfg)
             assert warnings.showwarning is _to_stderr and seen in tf.handlers  # put back after the run
     finally:
         tf.removeHandler(seen)

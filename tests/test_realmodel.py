@@ -117,7 +117,7 @@ def test_behavior_and_probe_read_real_knowledge(smollm2_gguf, tmp_path):
     cfg = AuditConfig(base=str(smollm2_gguf), unlearned=str(smollm2_gguf), forget=str(tmp_path / "forget.jsonl"),
                       retain=str(tmp_path / "retain.jsonl"), out=str(tmp_path / "out"),
                       lenses=["behavior", "linear_probe"], seed=0)
-    log = run(cfg, render=False, policy=Policy(min_items=len(forget)))
+    log = run(cfg, policy=Policy(min_items=len(forget)))
     beh = log.lenses["behavior"].data["forget"]
     assert beh["base"]["score"] >= 0.9  # chance is 0.25
     probe = log.lenses["linear_probe"]

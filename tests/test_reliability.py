@@ -481,7 +481,7 @@ def test_resume_reuses_only_matching_lens_results(suite, manifest, monkeypatch, 
 
     def go(**over):
         with pytest.raises(KeyboardInterrupt):
-            run(AuditConfig(**{**kw, **over}), render=False)
+            run(AuditConfig(**{**kw, **over}))
 
     go()  # behavior completes, then the run is "interrupted"
     saved = json.loads((out / ".partial" / "behavior.json").read_text())
@@ -503,7 +503,7 @@ def test_resume_reuses_only_matching_lens_results(suite, manifest, monkeypatch, 
     assert json.loads((out / ".partial" / "behavior.json").read_text())["key"] != saved["key"]
     # a finished run reuses the matching checkpoint, then removes the folder
     monkeypatch.delitem(registry._REGISTRY, "stop_here")
-    run(AuditConfig(**{**kw, **last, "lenses": ["behavior"], "resume": True}), render=False)
+    run(AuditConfig(**{**kw, **last, "lenses": ["behavior"], "resume": True}))
     assert len(calls) == 6
     assert (out / "audit_log.json").exists() and not (out / ".partial").exists()
 

@@ -48,6 +48,7 @@ def build_xss_report(suite: Path, root: Path) -> dict[str, Path]:
     """
     from audit.config import AuditConfig
     from audit.run import run
+    from reports import render_file
 
     where = root / PAYLOADS[0] / PAYLOADS[1]
     assert PAYLOADS[0] in str(where) and PAYLOADS[1] in str(where)
@@ -68,7 +69,8 @@ def build_xss_report(suite: Path, root: Path) -> dict[str, Path]:
             out=str(out),
             lenses=["behavior"],
             lens_options={"behavior": {"n_boot": 200}},
-        )
+        ),
+        on_log_written=lambda log: render_file(log, log.with_name("report.html")),  # as cli.py does
     )
     return {"forget": where / "forget.jsonl", "log": out / "audit_log.json", "report": out / "report.html"}
 
@@ -232,3 +234,70 @@ def test_recovery_axis_follows_an_informative_reading_far_out():
     x0, x1 = fig["layout"]["xaxis"]["range"]
     assert x1 >= 3.0 and x0 <= 0.0
     assert not [t for t in fig["data"][1:] if t.get("meta", {}).get("clipped")]
+
+
+# ---------------------------------------------------------------------------------------
+# thresholds come from the policy the run applied (stored in the log), not fixed numbers
+
+
+def _lines(fig: dict) -> dict[str, float]:
+    """The recovery chart's threshold lines: label -> x."""
+    shapes = [s for s in fig["layout"]["shapes"] if s.get("type") == "line"]
+    labels = [a["text"] for a in fig["layout"]["annotations"]]
+    assert len(shapes) == len(labels)
+    return {lab: s["x0"] for lab, s in zip(labels, shapes, strict=True)}
+
+
+def _figures_in(html: str) -> list[dict]:
+    """Every figure's plotly JSON, read back from the rendered page."""
+    payloads = re.findall(r"Plotly\.newPlot\('fig\d+', \.\.\.\(f=>\[f\.data,f\.layout\]\)\((.*?)\), \{responsive",
+                          html)
+    return [json.loads(p) for p in payloads]
+
+
+@pytest.mark.parametrize(("policy", "expected"), [
+    ({"thresholds": {"tau_d": 0.1, "tau_s": 0.4, "behavior_recovery": 0.8}}, {"τ_d": 0.1, "τ_s": 0.4,
+                                                                               "behavior gate": 0.8}),
+    ({"thresholds": {"behavior_recovery": 0.35}}, {"behavior gate": 0.35}),
+    ({}, {"behavior gate": 0.5}),  # an older log that stores no policy: today's defaults
+])
+def test_report_draws_the_applied_policys_thresholds(policy, expected):
+    from audit.policy import Policy
+    from audit.schema import AuditLog, LensResult, Recovery
+    from reports.render import render
+
+    rec = Recovery(reading="ranking", value=0.42, ci_low=0.3, ci_high=0.55, informative=True, score_base=0.9,
+                   score_unlearned=0.5, score_reference=0.25, n_items=40)
+    log = AuditLog(created="now", config={}, models={}, items={}, policy=policy,
+                   lenses={"relearn": LensResult(name="relearn", recoveries=[rec])})
+    figs = [f for f in _figures_in(render(log)) if "Recovery by lens" in f["layout"]["title"]["text"]]
+    assert len(figs) == 1
+    lines = _lines(figs[0])
+    defaults = Policy().thresholds
+    want = {"τ_d": defaults.tau_d, "τ_s": defaults.tau_s, **expected}
+    assert lines == pytest.approx(want)
+
+
+def _steering_data(**extra) -> dict:
+    rows = [{"site": "blocks.1.hook_resid_post", "site_label": "L1", "scale": s, "form": "add",
+             "direction": "base_minus_unlearned", "pooling": "last", "score": 0.4, "retain_accuracy": 0.9,
+             "control_p5": 0.3, "control_p50": 0.32, "control_p95": 0.35} for s in (-2.0, 2.0)]
+    return {"dose_response": rows, "sites": ["blocks.1.hook_resid_post"], "metric": "score",
+            "unsteered": {"forget": {"unlearned": 0.3, "base": 0.9}, "retain_accuracy_unlearned": 0.95}, **extra}
+
+
+@pytest.mark.parametrize(("data", "policy", "tolerance"), [
+    (_steering_data(), {"side_effect_tolerance": 0.2}, 0.2),  # the lens kept no record: the policy's
+    (_steering_data(side_effect_tolerance=0.1), {"side_effect_tolerance": 0.2}, 0.1),  # what the lens applied
+    (_steering_data(), {}, 0.05),  # neither: today's default
+])
+def test_steering_draws_the_applied_side_effect_tolerance(data, policy, tolerance):
+    from audit.schema import LensResult
+    from reports.render import Page
+    from reports.steering import steering_section
+
+    page = Page(policy)
+    steering_section(page, LensResult(name="steering", data=data))
+    fig = json.loads(page.figures[0][1])
+    red = [s for s in fig["layout"]["shapes"] if s.get("line", {}).get("color") == "#d62728"]
+    assert len(red) == 1 and red[0]["y0"] == pytest.approx(0.95 - tolerance)

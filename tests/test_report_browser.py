@@ -184,13 +184,15 @@ def sae_page(driver, suite, tmp_path_factory):
 
     from audit.config import AuditConfig
     from audit.run import run
+    from reports import render_file
 
     out = tmp_path_factory.mktemp("sae-browser")
     text = [str(suite / "train_forget.txt"), str(suite / "train_retain.txt")]
     run(AuditConfig(base=str(suite / "base"), unlearned=str(suite / "subject_offset"),
                     reference=str(suite / "reference_a"), forget=str(suite / "forget.jsonl"),
                     retain=str(suite / "retain.jsonl"), out=str(out), lenses=["behavior", "sae"],
-                    lens_options={"sae": {"text": text, "scales": [1.0]}}))
+                    lens_options={"sae": {"text": text, "scales": [1.0]}}),
+        on_log_written=lambda log: render_file(log, log.with_name("report.html")))  # as cli.py does
     driver.get_log("browser")
     driver.get((out / "report.html").resolve().as_uri())
     WebDriverWait(driver, 120, poll_frequency=0.25).until(lambda d: d.execute_script(ALL_RENDERED))
