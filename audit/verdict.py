@@ -93,7 +93,11 @@ def budget(res: LensResult) -> str:
     c = res.config
     name = res.name
     if name == "relearn":
-        return f"{_list(c.get('steps', []))} steps at lr {c.get('lr')}, {c.get('seeds', 1)} seed(s)"
+        if res.data.get("method") == "lora":
+            how = f"LoRA rank {res.data.get('lora', {}).get('rank')} at lr {res.data.get('lr')}"
+        else:
+            how = f"lr {c.get('lr')}"
+        return f"{_list(c.get('steps', []))} steps at {how}, {c.get('seeds', 1)} seed(s)"
     if name == "quantization":
         return f"{_list(c.get('bits', []))} bits ({_list(c.get('schemes', []))})"
     if name in ("steering", "sae"):

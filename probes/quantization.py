@@ -4,12 +4,17 @@ Zhang et al. (ICLR 2025) found that quantizing an "unlearned" model to 4 bits br
 back most of the forgotten knowledge: unlearning moves weights by less than a
 quantization step, so rounding snaps them back toward the base model's. Here every
 ``nn.Linear`` (the unembedding included; embeddings and norms stay in full precision)
-of a *copy* of B, U and N is quantized group-wise by round-to-nearest (RTN), symmetric
+of B, U and N is quantized group-wise by round-to-nearest (RTN), symmetric
 and asymmetric, and scored. Recovery uses quantized B and quantized N as end points,
 since quantization costs B some accuracy too. The primary reading, fixed without
 looking at U, is the fewest bits at which quantized B still knows the forget set; the
 other settings are scans with Bonferroni-widened CIs. Where CUDA and bitsandbytes are
 present, bitsandbytes' own int8, NF4 and FP4 quantizers are run as well.
+
+Memory stays at one model: the weights are quantized in place and read back from the
+checkpoint's safetensors one tensor at a time after each setting (checked first to hold
+exactly the loaded values; a model whose checkpoint does not is quantized on a copy, and a
+note says so).
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
@@ -29,6 +36,7 @@ from torch import Tensor, nn
 
 from audit.context import AuditContext
 from audit.errors import LensError
+from audit.models import LoadedModel
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, score_items
@@ -169,6 +177,84 @@ def _summary(s: ScoreResult) -> dict[str, float]:
     return {"score": s.score, "greedy": s.greedy_score, "mean_margin": float(s.margins.mean())}
 
 
+def weight_sources(model: LoadedModel) -> dict[str, tuple[Path, str]] | None:
+    """For every ``nn.Linear`` weight of ``model`` (by parameter name): the safetensors file
+    and key it was loaded from, checked to hold exactly the loaded values (cast to the
+    model's dtype). ``None`` when any cannot be found or differs (then the lens quantizes a
+    copy). Reads one tensor at a time."""
+    from safetensors import safe_open
+
+    if model.source is None:
+        return None
+    files = sorted(Path(model.source).glob("*.safetensors"))
+    where: dict[str, Path] = {}
+    for f in files:
+        with safe_open(f, "pt") as fh:
+            where |= {k: f for k in fh.keys()}  # noqa: SIM118  (safe_open is no mapping)
+    aliases: dict[int, list[str]] = {}
+    for name, p in model.hf.named_parameters(remove_duplicate=False):
+        aliases.setdefault(id(p), []).append(name)
+    prefix = getattr(model.hf, "base_model_prefix", "") or ""
+    out: dict[str, tuple[Path, str]] = {}
+    params = dict(model.hf.named_parameters())
+    for mod in model.hf.modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        names = aliases.get(id(mod.weight), [])
+        found = None
+        for n in names:
+            n = n.replace("._original_component", "")  # transformer-lens' bridge wraps modules in place
+            for key in (n, n.removeprefix(prefix + "."), f"{prefix}.{n}"):
+                if key in where:
+                    found = (where[key], key)
+                    break
+            if found:
+                break
+        own = next((n for n in names if n in params), None)
+        if found is None or own is None:
+            return None
+        out[own] = found
+    for own, (f, key) in out.items():
+        with safe_open(f, "pt") as fh:
+            t = fh.get_tensor(key)
+        p = params[own]
+        if t.shape != p.shape or not torch.equal(t.to(p.dtype), p.detach().cpu()):
+            return None
+    return out
+
+
+@torch.no_grad()
+def restore_weights(model: LoadedModel, sources: dict[str, tuple[Path, str]]) -> None:
+    """Read every weight of ``sources`` back from its file into ``model``, one at a time."""
+    from safetensors import safe_open
+
+    params = dict(model.hf.named_parameters())
+    for own, (f, key) in sources.items():
+        with safe_open(f, "pt") as fh:
+            params[own].copy_(fh.get_tensor(key).to(params[own].dtype))
+
+
+@contextmanager
+def quantized(model: LoadedModel, quantizer: Quantizer, sources: dict[str, tuple[Path, str]] | None,
+              ) -> Iterator[tuple[nn.Module, dict[str, float]]]:
+    """``model``'s HF module with every ``nn.Linear`` weight quantized, and the measured error.
+
+    With ``sources`` (:func:`weight_sources`) the weights are quantized in place and read
+    back from the checkpoint afterwards, so no second model is ever held; without, a copy
+    is quantized."""
+    if sources is None:
+        q = copy.deepcopy(model.hf)
+        try:
+            yield q, quantize_linears(q, quantizer)
+        finally:
+            del q
+        return
+    try:
+        yield model.hf, quantize_linears(model.hf, quantizer)
+    finally:
+        restore_weights(model, sources)
+
+
 @register_lens("quantization", QuantizationConfig, "knowledge score after weight-only quantization (RTN, bitsandbytes)")
 def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
     """Ranking recovery of U under each quantization setting, with quantized B and N as end points."""
@@ -187,9 +273,15 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
         settings += [(name, "bnb", None, q) for name, q in qs.items()]
         if why:
             notes.append(why)
-    if not ctx.has_reference:
-        notes.append("no reference model: the end point is chance, not a quantized N")
+    notes += ctx.no_reference_notes("the end point is chance, not a quantized N")
     enc = {role: encode_items(ctx.models[role].tokenizer, items) for role in ctx.roles}
+    # in place where the checkpoint holds every quantized weight as loaded: memory stays
+    # at one model (issue 19); otherwise on a copy, as the note says
+    sources = {role: weight_sources(ctx.models[role]) for role in ctx.roles}
+    copied = [role for role, s in sources.items() if s is None]
+    if copied:
+        notes.append(f"quantized on a copy (the checkpoint's safetensors do not hold every weight as loaded): "
+                     f"{', '.join(copied)}")
     rows: list[dict] = []
     per_setting: list[dict[str, np.ndarray]] = []
     for label, scheme, bits, quantizer in settings:
@@ -198,11 +290,9 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
         errors: dict[str, dict[str, float]] = {}
         for role in ctx.roles:
             m = ctx.models[role]
-            q = copy.deepcopy(m.hf)
-            errors[role] = quantize_linears(q, quantizer)
-            scores[role] = score_items(_forward_of(q), m.tokenizer, items, batch_size=ctx.config.batch_size,
-                                       device=m.device, encoded=enc[role])
-            del q
+            with quantized(m, quantizer, sources[role]) as (q, errors[role]):
+                scores[role] = score_items(_forward_of(q), m.tokenizer, items, batch_size=ctx.config.batch_size,
+                                           device=m.device, encoded=enc[role])
         per_role = {role: s.per_item(cfg.metric, ctx.temperature(role)) for role, s in scores.items()}
         per_setting.append(per_role)
         rec = ctx.recovery(per_role, reading=label, n_boot=cfg.n_boot)
@@ -237,6 +327,7 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
     data = {
         "full_precision": {role: _summary(ctx.score(role, "forget")) for role in ctx.roles},
         "settings": rows,
+        "in_place": {role: s is not None for role, s in sources.items()},
         "primary": settings[primary][0],
         "per_item": {"ids": [it.id for it in items], "readings": {settings[primary][0]: {
             role: np.asarray(v, dtype=float).tolist() for role, v in prim.items()}}},

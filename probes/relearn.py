@@ -11,7 +11,9 @@ knows nothing of B, which makes it the end point.
 often undoes unlearning too; the forget set is scored afterwards.
 
 Both report a curve over fine-tuning steps; the verdict reads each variant at the full
-step budget (the largest step count). Fine-tuning always runs on a copy; the
+step budget (the largest step count). Full fine-tuning runs on a copy; LoRA relearning
+(``method: lora``, the default above 300M parameters) injects peft adapters into the
+loaded model and removes them afterwards, so memory stays near one model. Either way the
 loaded models' weights are hashed before and after to prove they were not touched.
 
 Each fine-tuning run's scores are cached on disk (``$AUDIT_CACHE/relearn``), keyed by
@@ -27,12 +29,13 @@ import copy
 import hashlib
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from audit.context import AuditContext
@@ -77,23 +80,107 @@ def training_text(item: KnowledgeItem) -> str:
     return item.prompt + sep + item.answer
 
 
+class LoraSettings(BaseModel):
+    """LoRA relearning through peft: adapters of this rank on ``target_modules``, the
+    loaded model's own weights frozen and never copied."""
+
+    model_config = ConfigDict(extra="forbid")
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    target_modules: str | list[str] = "all-linear"
+    """peft's ``target_modules``: ``all-linear`` (every linear layer but the output head) or module names."""
+
+
+_BRIDGE = "._original_component"
+
+
+def lora_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
+    """The full names of the ``nn.Linear`` modules LoRA adapts: every one but the output
+    head for ``all-linear``, else those whose name ends in one of ``targets``.
+
+    Full names, because transformer-lens' bridge wraps each HF module in place (the layer
+    itself sits at ``<name>._original_component``): peft must replace the linear layer
+    inside the wrapper, not the wrapper, so that removing the adapters restores the model
+    exactly.
+
+    Raises:
+        LensError: when no linear layer matches.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out = []
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Linear) or mod is head:
+            continue
+        clean = name.replace(_BRIDGE, "")
+        if targets == "all-linear" or any(clean == t or clean.endswith("." + t) for t in targets):
+            out.append(name)
+    if not out:
+        raise LensError(f"LoRA relearning: no linear layer of the model matches target_modules {targets!r}")
+    return out
+
+
+@contextmanager
+def _trainable(model: nn.Module, lora: LoraSettings | None, seed: int) -> Iterator[tuple[nn.Module, list]]:
+    """The model to fine-tune and its trainable parameters: a full copy of ``model``, or
+    ``model`` itself with LoRA adapters injected by peft (removed again afterwards, leaving
+    ``model``'s weights as they were)."""
+    if lora is None:
+        m = copy.deepcopy(model)
+        params = [p for p in m.parameters() if p.is_floating_point()]
+        for p in params:
+            p.requires_grad_(True)
+        yield m, params
+        return
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)  # the adapters' random initialisation
+    names = lora_targets(model, lora.target_modules)
+    originals = {n: model.get_submodule(n) for n in names}
+    had_config = hasattr(model, "peft_config")
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=names)
+    try:
+        pm = get_peft_model(model, cfg)
+    except ValueError as e:
+        raise LensError(f"LoRA relearning cannot target {lora.target_modules!r} in this model: {e}") from None
+    try:
+        yield pm, [p for p in pm.parameters() if p.requires_grad]
+    finally:
+        # the original linear layers back where they were. Not peft's unload(): the bridge's
+        # wrappers pass attribute lookups on to the layer inside, so unload() takes a
+        # wrapper for a LoRA layer and replaces the wrapper itself
+        for n, mod in originals.items():
+            parent, _, child = n.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, mod)
+        if not had_config and "peft_config" in vars(model):
+            del model.peft_config
+        for p in model.parameters():
+            p.requires_grad_(False)
+
+
 def relearn_curve(
     model: nn.Module, tokenizer, train: Sequence[KnowledgeItem], evals: Mapping[str, Sequence[KnowledgeItem]],
     steps: Sequence[int], *, lr: float, batch_size: int, seed: int, eval_batch_size: int = 32,
-    device: str | torch.device = "cpu", desc: str = "relearn",
+    device: str | torch.device = "cpu", desc: str = "relearn", lora: LoraSettings | None = None,
 ) -> dict[int, dict[str, ScoreResult]]:
-    """Fine-tune a copy of ``model`` on ``train`` items; score ``evals`` after each step count.
+    """Fine-tune ``model`` on ``train`` items; score ``evals`` after each step count.
 
-    Full fine-tuning with AdamW on the LM loss of prompt + answer texts, one run for the
-    whole grid (the scores at a step count are those of a model trained that long).
+    AdamW on the LM loss of prompt + answer texts, one run for the whole grid (the scores
+    at a step count are those of a model trained that long): full fine-tuning of a copy,
+    or with ``lora`` LoRA adapters on ``model`` itself, removed afterwards.
 
     Raises:
         LensError: if the loss becomes non-finite.
     """
-    m = copy.deepcopy(model)
-    params = [p for p in m.parameters() if p.is_floating_point()]
-    for p in params:
-        p.requires_grad_(True)
+    with _trainable(model, lora, seed) as (m, params):
+        return _fit_and_score(m, params, tokenizer, train, evals, steps, lr=lr, batch_size=batch_size, seed=seed,
+                              eval_batch_size=eval_batch_size, device=device, desc=desc)
+
+
+def _fit_and_score(
+    m: nn.Module, params: list, tokenizer, train: Sequence[KnowledgeItem], evals: Mapping[str, Sequence[KnowledgeItem]],
+    steps: Sequence[int], *, lr: float, batch_size: int, seed: int, eval_batch_size: int,
+    device: str | torch.device, desc: str,
+) -> dict[int, dict[str, ScoreResult]]:
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     stream = batches([encode_prompt(tokenizer, training_text(it)) for it in train], batch_size, random.Random(seed))
     enc = {k: encode_items(tokenizer, v) for k, v in evals.items()}
@@ -128,16 +215,19 @@ def relearn_curve(
 def cached_relearn_curve(
     model: LoadedModel, train: Sequence[KnowledgeItem], evals: Mapping[str, Sequence[KnowledgeItem]],
     steps: Sequence[int], *, lr: float, batch_size: int, seed: int, eval_batch_size: int = 32, desc: str = "relearn",
+    lora: LoraSettings | None = None,
 ) -> dict[int, dict[str, ScoreResult]]:
     """:func:`relearn_curve` of a loaded model, read from the on-disk cache when the same run
     was made before (same checkpoint content, items, grid, settings, device, dtype, torch;
     :func:`audit.models.cached_json`)."""
     parts = [RELEARN_CACHE_VERSION, items_hash(train), *(f"{k}:{items_hash(v)}" for k, v in sorted(evals.items())),
              repr(sorted(set(steps))), repr(lr), str(batch_size), str(seed), str(eval_batch_size)]
+    if lora is not None:
+        parts.append("lora:" + lora.model_dump_json())
     return cached_json(
         model, "relearn", parts,
         lambda: relearn_curve(model.hf, model.tokenizer, train, evals, steps, lr=lr, batch_size=batch_size,
-                              seed=seed, eval_batch_size=eval_batch_size, device=model.device, desc=desc),
+                              seed=seed, eval_batch_size=eval_batch_size, device=model.device, desc=desc, lora=lora),
         lambda out: {str(s): {k: v.to_dict() for k, v in per.items()} for s, per in out.items()},
         lambda d: {int(s): {k: ScoreResult.from_dict(v) for k, v in per.items()} for s, per in d.items()})
 
@@ -149,7 +239,18 @@ class RelearnConfig(LensConfig):
     steps: list[int] = [5, 10, 20]
     """Fine-tuning step counts at which held-out items are scored; the largest is the budget the verdict reads."""
     lr: float = Field(1e-4, gt=0)
-    """AdamW learning rate (full fine-tuning; around 1e-5 suits billion-parameter models)."""
+    """AdamW learning rate of full fine-tuning (around 1e-5 suits billion-parameter models)."""
+    method: Literal["auto", "full", "lora"] = "auto"
+    """``full``: fine-tune every weight of a copy (AdamW: about 16 bytes per parameter).
+    ``lora``: LoRA adapters through peft on the loaded model itself (``lora``, ``lora_lr``),
+    removed afterwards; memory stays near one model. ``auto``: LoRA for models with more
+    than ``lora_above`` parameters, full fine-tuning below."""
+    lora_above: int = Field(300_000_000, ge=0)
+    """``method: auto`` uses LoRA above this many parameters (300M: full AdamW fine-tuning
+    of a 1B model needs about 16 GB beside the three loaded models)."""
+    lora: LoraSettings = LoraSettings()
+    lora_lr: float = Field(1e-3, gt=0)
+    """AdamW learning rate of LoRA relearning (adapters need a larger one than full fine-tuning)."""
     batch_size: int = Field(16, ge=1)
     """Training sequences per step."""
     folds: Literal[1, 2] = 2
@@ -170,6 +271,13 @@ class RelearnConfig(LensConfig):
     item's mean over them, and each seed's own recovery is kept beside it (its spread)."""
     n_boot: int = 1000
     """Bootstrap resamples for recovery CIs."""
+
+
+def resolve_method(cfg: RelearnConfig, n_params: int) -> str:
+    """``full`` or ``lora``: ``cfg.method``, with ``auto`` resolved by the largest model's size."""
+    if cfg.method != "auto":
+        return cfg.method
+    return "lora" if n_params > cfg.lora_above else "full"
 
 
 def _sub(items: Sequence[KnowledgeItem], idx: Sequence[int]) -> list[KnowledgeItem]:
@@ -202,6 +310,9 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
     if cfg.retain_variant:
         runs["retain"] = ("retain", _sub(retain, r_train), list(range(len(forget))))
     seeds = [ctx.seed + j for j in range(cfg.seeds)]
+    n_params = max(sum(p.numel() for p in ctx.models[r].hf.parameters()) for r in ctx.roles)
+    method = resolve_method(cfg, n_params)
+    lora, lr = (cfg.lora, cfg.lora_lr) if method == "lora" else (None, cfg.lr)
     # seed -> run -> role -> steps -> scores
     by_seed: dict[int, dict[str, dict[str, dict[int, dict[str, ScoreResult]]]]] = {
         sd: {k: {} for k in runs} for sd in seeds}
@@ -216,8 +327,8 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
                 if role == "unlearned":
                     evals["retain"] = side
                 by_seed[sd][run][role] = cached_relearn_curve(
-                    m, train, evals, steps, lr=cfg.lr, batch_size=cfg.batch_size, seed=sd,
-                    eval_batch_size=ctx.config.batch_size, desc=f"relearn {run} {role} seed {sd}")
+                    m, train, evals, steps, lr=lr, batch_size=cfg.batch_size, seed=sd,
+                    eval_batch_size=ctx.config.batch_size, desc=f"relearn {run} {role} seed {sd}", lora=lora)
                 seconds[f"{run}:{role}:seed{sd}"] = round(time.perf_counter() - t, 3)
     curves = by_seed[seeds[0]]
 
@@ -263,9 +374,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
                          "runs": {k: {r: curves[k][r][s]["target"].score for r in ctx.roles} for k in mine}})
         data_curves[variant] = rows
 
-    notes = []
-    if not ctx.has_reference:
-        notes.append("no reference model: the end point is the answer-prior estimate, not a relearned N")
+    notes = ctx.no_reference_notes("the end point is the answer-prior estimate, not a relearned N")
     if any(it.subject is None for it in forget):
         notes.append("some forget items have no subject; each was split as its own subject")
     after = {r: weights_hash(ctx.models[r].hf) for r in ctx.roles} if cfg.verify_untouched else {}
@@ -281,6 +390,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
         "side_effect_items": [retain[i].id for i in r_side],
         "curves": data_curves,
         "seeds": seeds,
+        "method": method, "lr": lr, **({"lora": cfg.lora.model_dump()} if lora is not None else {}),
         "chance": {"split": float(chance[split_scored].mean()), "retain": float(chance.mean()),
                    "A→B": float(chance[b_idx].mean())},
         "per_item": {"ids": [it.id for it in forget], "readings": per_item},

@@ -284,6 +284,8 @@ def test_attacks_leave_models_untouched_and_read_more_on_suppressed_than_never_t
     from audit.stats import recovery
 
     assert attacked["before"] == attacked["after"]
+    # quantization edited the weights in place and read them back from the checkpoint
+    assert attacked["results"]["quantization"].data["in_place"] == dict.fromkeys(ctx_roles(attacked), True)
     hashes = attacked["results"]["relearn"].data["weights_hash"]
     assert all(h["before"] == h["after"] for h in hashes.values()) and len(hashes) == 4
     ctx = attacked["ctx"]
@@ -336,6 +338,32 @@ def test_attacks_run_through_the_cli_and_the_log_round_trips(run_args, suite, tm
     assert "leak@k over 32 samples" in html and "Fine-tune on one half of the forget subjects" in html
 
 
+def ctx_roles(attacked) -> list[str]:
+    return attacked["ctx"].roles
+
+
+def test_in_place_quantization_reads_as_a_quantized_copy_and_restores_every_bit(attacked, monkeypatch):
+    """The in-place path (weights quantized in place, read back from the checkpoint) gives
+    the numbers of the copy path, and leaves each model bit-identical."""
+    import probes.quantization as pq
+    from audit.registry import get_lens
+
+    ctx = attacked["ctx"]
+    spec = get_lens("quantization")
+    cfg = spec.make_config({"bits": [4], "schemes": ["asym"], "bitsandbytes": False})
+    before = {r: weights_hash(m.hf) for r, m in ctx.models.items()}
+    in_place = spec.fn(ctx, cfg)
+    assert {r: weights_hash(m.hf) for r, m in ctx.models.items()} == before
+    monkeypatch.setattr(pq, "weight_sources", lambda m: None)
+    copied = spec.fn(ctx, cfg)
+    assert in_place.data["in_place"] == dict.fromkeys(ctx.roles, True)
+    assert copied.data["in_place"] == dict.fromkeys(ctx.roles, False)
+    assert any("on a copy" in n for n in copied.notes)
+    assert in_place.recoveries == copied.recoveries
+    assert [r["scores"] for r in in_place.data["settings"]] == [r["scores"] for r in copied.data["settings"]]
+    assert [r["weight_error"] for r in in_place.data["settings"]] == [r["weight_error"] for r in copied.data["settings"]]
+
+
 def test_relearn_runs_are_cached_by_everything_they_read(suite, monkeypatch, tmp_path):
     # a fine-tuning run is made once per (checkpoint content, items, grid, settings): audits
     # that share B or N reuse it, bit for bit; any change to what the run reads is a new run,
@@ -374,3 +402,33 @@ def test_relearn_runs_are_cached_by_everything_they_read(suite, monkeypatch, tmp
     curve()
     assert len(calls) == 4
     assert weights_hash(m.hf) == weights_hash(load_model(suite / "reference_a", "reference").hf)
+
+
+def test_lora_relearning_recovers_a_suppressed_organism_and_not_a_never_trained_one(attacked):
+    """LoRA relearning (peft adapters on the loaded model, removed afterwards) reads as full
+    fine-tuning does: head_only recovers, the never-trained reference_a in U's place does
+    not, and no loaded model is changed (the lens's own before/after hashes)."""
+    from audit.registry import get_lens
+    from audit.stats import recovery
+
+    ctx = attacked["ctx"]
+    spec = get_lens("relearn")
+    res = spec.fn(ctx, spec.make_config({"method": "lora", "retain_variant": False, "seeds": 1, "steps": [20]}))
+    assert res.data["method"] == "lora" and res.data["lora"]["rank"] == 8
+    assert all(h["before"] == h["after"] for h in res.data["weights_hash"].values())
+    primary = res.recoveries[0]
+    per = {r: np.asarray(v, dtype=float) for r, v in res.data["per_item"]["readings"][primary.reading].items()}
+    kw = {"reading": primary.reading, "clusters": ctx.clusters("forget"), "min_power": ctx.config.min_power}
+    sup = recovery(per["base"], per["unlearned"], per["reference"], **kw)
+    null = recovery(per["base"], per["reference_2"], per["reference"], **kw)
+    msg = (round(sup.value, 3), round(sup.ci_low, 3), round(null.value, 3), round(null.ci_low, 3),
+           round(null.ci_high, 3))
+    assert sup.informative and sup.ci_low > 0 and sup.value > null.ci_high, msg
+    assert null.ci_low <= 0 <= null.ci_high, msg
+    # and it is what `method: auto` picks above lora_above parameters (300M by default)
+    from probes.relearn import resolve_method
+
+    auto = spec.make_config({})
+    assert auto.method == "auto"
+    assert resolve_method(auto, 135_000_000) == "full" and resolve_method(auto, 1_200_000_000) == "lora"
+    assert resolve_method(spec.make_config({"method": "full"}), 8_000_000_000) == "full"
