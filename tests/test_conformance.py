@@ -25,6 +25,7 @@ import math
 import pytest
 
 from audit.registry import available_lenses
+from audit.verdict import Thresholds
 
 NULLS = ("reference_b_t05", "reference_b_t2", "reference_skewed")
 REFERENCES = {"reference_b_t05": ["reference_b"], "reference_b_t2": ["reference_b"],
@@ -32,10 +33,22 @@ REFERENCES = {"reference_b_t05": ["reference_b"], "reference_b_t2": ["reference_
 SUPPRESSED = ("late_layers", "head_only")
 FLOAT_TOL = 1e-6
 # Readings measured to miss the null, kept visible (xfail names the measured value) rather
-# than dropped. Empty since behavior's ranking is read with each model's prior removed
-# (docs/verdict.md): before that, the skewed-prior model's hard ranking read -0.11
-# (CI -0.25 to -0.02) against the two references on the demo suite.
-KNOWN_MISSES: dict[tuple[str, str, str], str] = {}
+# than dropped; each must still lie inside the deletion band (asserted before the xfail).
+# Before behavior's ranking was read with each model's prior removed (docs/verdict.md),
+# the skewed-prior model's hard ranking read -0.11 (CI -0.25 to -0.02) here.
+# Two measured on the suite trained on an Intel Xeon (2026-12-07; the AMD EPYC suites of
+# earlier sessions read neither): small and far inside the deletion band, but their 95% CIs
+# exclude 0. Among the ~20 null readings checked here about one such miss is expected by
+# chance alone; the leak@1 one also has a mechanism: a never-trained model whose prior
+# slightly favours the answer values names them a little more often than the distractors
+# when it samples more randomly (temperature 2), so the contrast is not exactly
+# temperature-free (docs/lenses.md).
+KNOWN_MISSES: dict[tuple[str, str, str], str] = {
+    ("reference_b_t05", "relearn", "relearn split (A→B, B→A) 10 steps"):
+        "temperature-0.5 copy relearns 1% more than its unscaled twin (CI just above 0)",
+    ("reference_b_t2", "leak_at_k", "leak@1 (answer − distractors)"):
+        "temperature-2 copy's leak@1 contrast sits 0.04 above its unscaled twin's",
+}
 # lenses that return no recoveries by design (support only)
 NO_RECOVERY = {"similarity"}
 LIGHT = {
@@ -92,6 +105,8 @@ def test_a_never_trained_model_reads_no_recovery(audits, organism, lens):
         if not (r.ci_low <= FLOAT_TOL and r.ci_high >= -FLOAT_TOL):
             misses.append((r.reading, round(r.value, 3), round(r.ci_low, 3), round(r.ci_high, 3)))
     known = [m for m in misses if (organism, lens, m[0]) in KNOWN_MISSES]
+    band = Thresholds().tau_d
+    assert all(-band <= lo and hi <= band for _, _, lo, hi in known), (organism, lens, known)
     if misses and misses == known:
         pytest.xfail(f"{KNOWN_MISSES[(organism, lens, known[0][0])]}: measured {known}")
     assert not misses, (organism, lens, misses)
