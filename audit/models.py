@@ -239,8 +239,6 @@ def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
     if (out / "config.json").is_file():
         return out
     log.info("converting %s to a Hugging Face checkpoint in %s (once)", gguf, out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     # newer transformers keep quantized GGUF weights packed (and refuse to save them) unless
     # told to unpack; older ones always unpack and have no GgufConfig
     unpack: dict[str, Any] = {}
@@ -261,16 +259,24 @@ def gguf_to_hf(gguf: Path, trust_remote_code: bool = False) -> Path:
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # the weights are plain tensors now: drop the loader's state so they save
         quantizer.remove_quantization_config(model)
+    _save_checkpoint(model, tok, out)
+    return out
+
+
+def _save_checkpoint(model: Any, tok: Any, out: Path) -> None:
+    """Save a model and tokenizer as an HF folder at ``out``, built beside it and renamed
+    over it: an interrupted save leaves no half-written directory."""
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
-    except BaseException:  # an interrupted conversion leaves no half-written directory
+    except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return out
 
 
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
@@ -375,8 +381,6 @@ def merge_adapter(adapter: Path, trust_remote_code: bool = False) -> tuple[Path,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("merging adapter %s into %s (once, cached in %s)", adapter, base_spec, out)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
         model = AutoModelForCausalLM.from_pretrained(base_dir, torch_dtype=torch.float32, use_safetensors=True,
                                                      trust_remote_code=trust_remote_code)
@@ -385,15 +389,7 @@ def merge_adapter(adapter: Path, trust_remote_code: bool = False) -> tuple[Path,
         tok = AutoTokenizer.from_pretrained(tok_dir, trust_remote_code=trust_remote_code)
     except (ValueError, OSError, RuntimeError, KeyError, SafetensorError) as e:
         raise InputError(f"cannot apply adapter {adapter} to its base {base_spec}: {_first_line(e)}") from None
-    try:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save_checkpoint(merged, tok, out)
     return out, meta
 
 
