@@ -30,6 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from audit.caveats import NO_REFERENCE, NO_REFERENCE_VERDICT
 from audit.schema import Evidence, LensResult, Recovery, Verdict
 
 REQUIRED_FOR_DELETED = ("linear_probe", "relearn", "quantization")
@@ -165,8 +166,8 @@ def _deletion_blockers(
                     + "; ".join(f"{n} ({e})" for n, e in sorted(failed.items())), []))
     all_recs = [r for res in lenses.values() if res.error is None for r in res.recoveries]
     if not th.deleted_without_reference and not _has_reference(all_recs):
-        out.append(("no never-trained reference model was given: the end points are estimates "
-                    "(docs/verdict.md), which cannot certify that nothing is left", []))
+        out.append((f"{NO_REFERENCE} was given: {NO_REFERENCE_VERDICT} (docs/verdict.md): an estimate "
+                    "cannot certify that nothing is left", []))
     drop = retain_drop(lenses)
     if drop is not None and drop > th.retain_collapse:
         out.append((f"retain collapsed (U's retain score fell by {drop:.2f} from B's), so deletion cannot be told "

@@ -34,3 +34,4 @@ def test_the_report_header_says_what_a_missing_reference_costs():
                      n_params=1)
     log = AuditLog(created="now", config={}, models={"base": base, "unlearned": base}, items={}, lenses={})
     assert f"none ({NO_REFERENCE_VERDICT})" in render(log)
+

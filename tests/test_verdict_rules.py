@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+from audit.caveats import NO_REFERENCE, NO_REFERENCE_VERDICT
 from audit.schema import LensResult, Recovery
 from audit.verdict import Thresholds, decide, group_verdicts
 
@@ -132,7 +133,7 @@ CASES = [
      None),
     # --- no reference
     ("no reference: DELETED is not certified", quiet(end_point="answer prior"), "INCONCLUSIVE",
-     "no never-trained reference"),
+     f"{NO_REFERENCE} was given: {NO_REFERENCE_VERDICT}"),
     ("no reference: a clear recovery is still SUPPRESSED", quiet(
         end_point="answer prior",
         linear_probe=lens("linear_probe", rec("probe", 0.9, 0.8, 1.0, end_point="answer prior"))),
@@ -264,4 +265,4 @@ def test_group_verdicts_use_every_reference_and_the_stored_null():
     per["ranking"] = {"base": ones, "unlearned": zeros, "null": zeros}
     beh.recoveries = [rec("ranking", 0.0, end_point="answer prior")]
     g = group_verdicts({"behavior": beh}, {"attribute=a": ids[:20]}, {i: 0.25 for i in ids})
-    assert "no never-trained reference" in g[0].reason
+    assert f"{NO_REFERENCE} was given: {NO_REFERENCE_VERDICT}" in g[0].reason
