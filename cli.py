@@ -16,10 +16,10 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -27,7 +27,11 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from audit.config import AuditConfig
 from audit.errors import InputError, one_line
+
+if TYPE_CHECKING:
+    from audit.plan import Plan
 
 
 def _fail(e: InputError | str) -> None:
@@ -149,43 +153,118 @@ def _split(s: Optional[str]) -> Optional[list[str]]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else None
 
 
-@app.command("run")
-def run_cmd(
-    base: Annotated[Optional[str], typer.Option(help="Checkpoint before unlearning (HF dir or .gguf).")] = None,
-    unlearned: Annotated[Optional[str], typer.Option(help="Checkpoint after unlearning.")] = None,
-    reference: Annotated[Optional[list[str]], typer.Option(
-        help="Model that never learned the forget set; repeat for several (their spread enters every CI).")] = None,
-    forget: Annotated[Optional[str], typer.Option(
-        help="Forget set: JSONL, or a local HF dataset (save_to_disk folder, parquet/json/csv; PATH:SPLIT).")] = None,
-    retain: Annotated[Optional[str], typer.Option(help="Retain set, same forms as --forget.")] = None,
-    item_format: Annotated[Optional[str], typer.Option(
-        "--format", help="Item format: jsonl, tofu, wmdp, rwku or qa (default: detected from the columns).")] = None,
-    qa_template: Annotated[Optional[str], typer.Option(help="Prompt around a dataset question, with {question}.")] = None,
-    mc_mode: Annotated[Optional[str], typer.Option(help="Multiple choice: score 'text' or 'letter' (A/B/C/D).")] = None,
-    chat_template: Annotated[Optional[str], typer.Option(
-        help="'auto': wrap prompts with the base checkpoint's chat template when it has one; 'none'.")] = None,
-    drop_unknown: Annotated[Optional[bool], typer.Option(
-        "--drop-unknown", help="Drop items the base model does not know (counted in the results).")] = None,
-    identical_candidates: Annotated[Optional[str], typer.Option(
-        help="Items whose candidates tokenize identically: 'error' (the default) or 'drop' (with a note).")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output folder.")] = None,
-    lenses: Annotated[Optional[str], typer.Option(
-        help="Comma-separated lens names (see `audit lenses`), or 'default' (the battery that can reach every "
-             "label; the default), 'quick' (behavior only) or 'full'.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="torch device, e.g. cpu or cuda.")] = None,
-    dtype: Annotated[Optional[str], typer.Option(help="float32, bfloat16 or float16.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Sequences per forward pass.")] = None,
-    max_items: Annotated[Optional[int], typer.Option(help="Use at most this many items per set.")] = None,
-    allow_pickle: Annotated[Optional[bool], typer.Option("--allow-pickle", help="Allow pickle-based weights.")] = None,
-    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run checkpoint code.")] = None,
-    policy: Annotated[Optional[str], typer.Option(help="Policy YAML; exit 1 when it fails (default: shipped policy).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML config file; CLI options override it.")] = None,
-    resume: Annotated[Optional[bool], typer.Option(
-        "--resume", help="Reuse the lenses an interrupted run into the same --out completed.")] = None,
-) -> None:
+def _help(name: str) -> str:
+    """An ``audit run`` option's help: its :class:`~audit.config.AuditConfig` field's description
+    (the one home of every option's text; ``tests/test_cli_options.py`` holds them together)."""
+    return AuditConfig.model_fields[name].description or ""
+
+
+def _shown(name: str) -> str | bool:
+    """The config's default, shown in ``--help`` (the option itself defaults to None, so that a
+    ``--config`` file's value is not overridden by a default nobody typed)."""
+    field = AuditConfig.model_fields[name]
+    if field.is_required():
+        return False
+    d = field.get_default(call_default_factory=True)
+    if d is None or isinstance(d, bool) or "\n" in str(d):
+        return False
+    return ",".join(d) if isinstance(d, list) else str(d)
+
+
+def _option(name: str, *flags: str) -> Any:
+    """The typer option of config field ``name``: help and shown default from :class:`AuditConfig`."""
+    return typer.Option(*flags, help=_help(name), show_default=_shown(name))
+
+
+def _audit_options(action: Callable[[dict[str, Any], Optional[Path]], None]) -> Callable[..., None]:
+    """A command taking every option of ``audit run`` (one for each field of :class:`AuditConfig`
+    but :data:`~audit.config.CONFIG_FILE_ONLY`, and ``--config``), that calls
+    ``action(overrides, config_file)`` with the options given (None: not given)."""
+
+    def command(
+        base: Annotated[Optional[str], _option("base")] = None,
+        unlearned: Annotated[Optional[str], _option("unlearned")] = None,
+        reference: Annotated[Optional[list[str]], _option("reference")] = None,
+        forget: Annotated[Optional[str], _option("forget")] = None,
+        retain: Annotated[Optional[str], _option("retain")] = None,
+        item_format: Annotated[Optional[str], _option("format", "--format")] = None,
+        qa_template: Annotated[Optional[str], _option("qa_template")] = None,
+        mc_mode: Annotated[Optional[str], _option("mc_mode")] = None,
+        chat_template: Annotated[Optional[str], _option("chat_template")] = None,
+        drop_unknown: Annotated[Optional[bool], _option("drop_unknown", "--drop-unknown")] = None,
+        identical_candidates: Annotated[Optional[str], _option("identical_candidates")] = None,
+        out: Annotated[Optional[str], _option("out")] = None,
+        lenses: Annotated[Optional[str], _option("lenses")] = None,
+        seed: Annotated[Optional[int], _option("seed")] = None,
+        device: Annotated[Optional[str], _option("device")] = None,
+        dtype: Annotated[Optional[str], _option("dtype")] = None,
+        batch_size: Annotated[Optional[int], _option("batch_size")] = None,
+        max_items: Annotated[Optional[int], _option("max_items")] = None,
+        allow_pickle: Annotated[Optional[bool], _option("allow_pickle", "--allow-pickle")] = None,
+        trust_remote_code: Annotated[Optional[bool], _option("trust_remote_code", "--trust-remote-code")] = None,
+        policy: Annotated[Optional[str], _option("policy")] = None,
+        config: Annotated[Optional[Path], typer.Option(help="YAML config file; options given here override it.")] = None,
+        resume: Annotated[Optional[bool], _option("resume", "--resume")] = None,
+    ) -> None:
+        action({
+            "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
+            "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
+            "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
+            "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
+            "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
+            "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
+            "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
+        }, config)
+
+    command.__doc__ = action.__doc__
+    command.__name__ = action.__name__
+    return command
+
+
+def _plan_table(plan: Plan, compact: bool) -> Table:
+    """The plan as a table: per step, its passes and estimated time (and, in full, its memory
+    and how the passes are counted)."""
+    from audit.plan import fmt_bytes, fmt_count, fmt_seconds
+
+    table = Table(title="Plan (estimates)" if compact else "Plan: passes, memory and time (all estimates)")
+    for col in ("step", "forward passes", "backward passes", "time (est.)"):
+        table.add_column(col, justify="left" if col == "step" else "right")
+    if not compact:
+        table.add_column("memory (est.)", justify="right")
+        table.add_column("how counted", overflow="fold")
+    for r in plan.rows:
+        w = r.work
+        took = "?" if r.seconds is None else "—" if r.seconds == 0 else fmt_seconds(r.seconds)
+        cells = [Text(r.name), fmt_count(w.forward) if w.forward else "—", fmt_count(w.backward) if w.backward else "—",
+                 took]
+        if not compact:
+            extra = r.device_bytes + r.host_bytes + r.persistent_host_bytes
+            cells += [fmt_bytes(extra) if extra else "—", Text(r.counted)]
+        table.add_row(*cells)
+    return table
+
+
+def _print_plan(plan: Plan) -> None:
+    """``audit plan``'s output (stdout: it is the command's result)."""
+    Console(width=max(140, Console().width)).print(_plan_table(plan, compact=False))
+    for line in plan.summary():
+        typer.echo(one_line(line))
+
+
+def _say_plan(plan: Plan) -> None:
+    """The compact plan ``audit run`` shows before it starts (stderr, beside the progress lines)."""
+    from audit.plan import fmt_bytes, fmt_seconds
+
+    Console(stderr=True).print(_plan_table(plan, compact=True))
+    peak = ", ".join(f"{d} {fmt_bytes(b)}" for d, b in plan.peak_bytes.items())
+    total = f"; time {fmt_seconds(plan.seconds)}" if plan.seconds is not None else ""
+    _say(f"estimated peak memory {peak}{total} (`audit plan` for details)")
+
+
+def _run(overrides: dict[str, Any], config: Optional[Path]) -> None:
     """Audit an unlearned checkpoint against its base (and a reference).
 
+    In a terminal, first shows the plan (each lens's passes and time, and the peak memory, estimated: see `audit plan`).
     Exit code 0: the policy passed; 1: it failed; 2: bad input or usage.
     """
     _setup()
@@ -195,15 +274,9 @@ def run_cmd(
             from audit.config import load_config
             from audit.run import run
 
-            cfg = load_config(config, {
-                "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
-                "reference": (reference[0] if len(reference) == 1 else reference) if reference else None,
-                "format": item_format, "qa_template": qa_template, "mc_mode": mc_mode, "chat_template": chat_template,
-                "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
-                "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
-                "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
-                "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
-            })
+            cfg = load_config(config, overrides)
+            if _interactive():
+                _show_plan(cfg)
             log = run(cfg, on_log_written=_render_report)
     except InputError as e:
         _fail(e)
@@ -229,6 +302,50 @@ def run_cmd(
     else:
         _say("policy failed: " + "; ".join(pr.get("failures", [])), "red")
         raise typer.Exit(1)
+
+
+def _interactive() -> bool:
+    """Whether ``audit run`` shows its plan first: only to a person at a terminal. Scripts and
+    CI keep their output as it was (one line on bad input, one after Ctrl-C) and never load
+    B an extra time; they ask ``audit plan``."""
+    return sys.stderr.isatty()
+
+
+def _show_plan(cfg: AuditConfig) -> None:
+    """The plan before ``audit run`` starts. Bad input is the run's own error (exit 2); an
+    estimate that fails for any other reason is said in one line, and the run goes on."""
+    from audit.plan import make_plan
+
+    try:
+        plan = make_plan(cfg)
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - an estimate never stops the audit it estimates
+        _say(f"plan: no estimate ({type(e).__name__}: {e})")
+        return
+    _say_plan(plan)
+
+
+def _plan(overrides: dict[str, Any], config: Optional[Path]) -> None:
+    """Print what `audit run` with the same options will do, before running anything heavy.
+
+    Per lens, the forward and backward passes it will make, its memory and its time; then the peak memory per device and the total time, scaled from a short measured forward of the base model. Every number is an estimate.
+
+    Exit code 0; 2: bad input or usage.
+    """
+    _setup()
+    try:
+        from audit.config import load_config
+        from audit.plan import make_plan
+
+        plan = make_plan(load_config(config, overrides))
+    except InputError as e:
+        _fail(e)
+    _print_plan(plan)
+
+
+run_cmd = app.command("run")(_audit_options(_run))
+plan_cmd = app.command("plan")(_audit_options(_plan))
 
 
 @app.command("report")

@@ -13,65 +13,63 @@ from audit.yamlio import read_mapping, read_yaml  # noqa: F401  (read_yaml: its 
 
 
 class AuditConfig(BaseModel):
-    """Everything ``audit run`` needs; saved, resolved, in the results file."""
+    """Everything ``audit run`` needs; saved, resolved, in the results file.
+
+    Each field's ``description`` is its one help text: ``audit run`` and ``audit plan`` show
+    it as the option's ``--help`` (``tests/test_cli_options.py`` holds the two together).
+    Fields in :data:`CONFIG_FILE_ONLY` are set in a ``--config`` file only.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    base: str
-    """Checkpoint before unlearning (HF directory or .gguf file)."""
-    unlearned: str
-    """Checkpoint after unlearning."""
-    reference: str | list[str] | None = None
-    """Model(s) that never learned the forget set (optional, strongly recommended). Several
-    never-trained models (retrains with other seeds) put their spread into every CI."""
-    forget: str
-    """Forget set: our JSONL, or a local Hugging Face dataset (``PATH:SPLIT`` picks a split)."""
-    retain: str
-    """Retain set, in the same forms as ``forget``."""
-    format: str | None = None
-    """Item format of both sets: jsonl, tofu, wmdp, rwku or qa (default: detected from the columns)."""
-    qa_template: str = "Question: {question}\nAnswer:"
-    """Prompt around a dataset's question (``{question}`` marks where it goes)."""
-    mc_mode: Literal["text", "letter"] = "text"
-    """Multiple choice: score the choice texts, or the letters A/B/C/D of listed choices."""
-    chat_template: Literal["auto", "none"] = "none"
-    """``auto``: wrap prompts with the base checkpoint's chat template when it has one."""
-    drop_unknown: bool = False
-    """Drop items the base model does not know before scoring (counted in the results)."""
-    identical_candidates: Literal["error", "drop"] = "error"
-    """Items with two candidates that tokenize identically (no lens can tell them apart):
-    ``error`` names them before any lens runs; ``drop`` leaves them out, with a note."""
-    out: str = "audit_out"
-    """Output folder for audit_log.json, report.html and side files."""
-    lenses: list[str] = Field(default_factory=lambda: ["default"])
-    """Lenses to run (see ``audit lenses``), or a named set: ``default`` (the battery that can
-    reach every label), ``quick`` (behavior only: a first look, never DELETED), ``full``."""
-    lens_options: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Per-lens arguments, keyed by lens name."""
-    seed: int = 0
-    """Seed for every random choice (splits, bootstrap, controls, sampling)."""
-    device: str = "cpu"
-    """torch device."""
-    dtype: str = "float32"
-    """Weights dtype: float32, bfloat16 or float16 (scores are computed in fp32)."""
-    batch_size: int = Field(32, ge=1)
-    """Sequences per forward pass."""
-    max_items: int | None = Field(None, ge=1)
-    """Use at most this many items from each set (first ones), for quick runs."""
-    allow_pickle: bool = False
-    """Allow pickle-based weights (.bin), read with weights_only=True."""
-    trust_remote_code: bool = False
-    """Let transformers run code shipped with a checkpoint."""
-    min_power: float = 0.2
-    """S(B) - S(N) below this makes a lens uninformative (SPEC §4.3)."""
-    policy: str | None = None
-    """Policy YAML (thresholds, required lenses, failing labels); default: the shipped one."""
-    cache_dir: str | None = None
-    """Activation cache folder (default: $AUDIT_CACHE/activations)."""
-    resume: bool = False
-    """Reuse lenses completed by an earlier, interrupted run into the same ``out`` folder
-    (``out/.partial``), when their inputs, settings and code version are unchanged."""
-
+    base: str = Field(description="Checkpoint before unlearning: a Hugging Face folder, a .gguf file, a hub ID "
+                                  "org/name or org/name@revision, or a PEFT adapter folder.")
+    unlearned: str = Field(description="Checkpoint after unlearning, in the same forms as the base (an adapter is "
+                                       "merged into its base model).")
+    reference: str | list[str] | None = Field(
+        None, description="Model that never learned the forget set (optional, strongly recommended); repeat for "
+                          "several (e.g. retrains with other seeds): their spread enters every CI.")
+    forget: str = Field(description="Forget set: JSONL, or a local Hugging Face dataset (save_to_disk folder, "
+                                    "parquet/json/csv; PATH:SPLIT picks a split).")
+    retain: str = Field(description="Retain set, in the same forms as the forget set.")
+    format: str | None = Field(None, description="Item format of both sets: jsonl, tofu, wmdp, rwku or qa "
+                                                 "(default: detected from the columns).")
+    qa_template: str = Field("Question: {question}\nAnswer:",
+                             description="Prompt around a dataset question, with {question} where it goes.")
+    mc_mode: Literal["text", "letter"] = Field(
+        "text", description="Multiple choice: score the choice texts ('text') or the letters A/B/C/D of listed "
+                            "choices ('letter').")
+    chat_template: Literal["auto", "none"] = Field(
+        "none", description="'auto': wrap prompts with the base checkpoint's chat template when it has one; 'none'.")
+    drop_unknown: bool = Field(False, description="Drop items the base model does not know before scoring "
+                                                  "(counted in the results).")
+    identical_candidates: Literal["error", "drop"] = Field(
+        "error", description="Items whose candidates tokenize identically (no lens can tell them apart): 'error' "
+                             "names them before any lens runs; 'drop' leaves them out, with a note.")
+    out: str = Field("audit_out", description="Output folder for audit_log.json, report.html and side files.")
+    lenses: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="Lenses to run, comma-separated (see `audit lenses`), or a named set: 'default' (the battery "
+                    "that can reach every label; the default), 'quick' (behavior only: a first look, never "
+                    "DELETED) or 'full' (every registered lens).")
+    lens_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-lens arguments, keyed by lens name (see `audit lenses`).")
+    seed: int = Field(0, description="Seed for every random choice (splits, bootstrap, controls, sampling).")
+    device: str = Field("cpu", description="torch device, e.g. cpu, cuda or cuda:1.")
+    dtype: str = Field("float32", description="Weights dtype: float32, bfloat16 or float16 (scores are computed "
+                                              "in fp32).")
+    batch_size: int = Field(32, ge=1, description="Sequences per forward pass.")
+    max_items: int | None = Field(None, ge=1, description="Use at most this many items from each set (the first "
+                                                          "ones), for quick runs.")
+    allow_pickle: bool = Field(False, description="Allow pickle-based weights (.bin), read with weights_only=True.")
+    trust_remote_code: bool = Field(False, description="Let transformers run code shipped with a checkpoint.")
+    min_power: float = Field(0.2, description="S(B) - S(N) below this makes a lens uninformative (SPEC §4.3).")
+    policy: str | None = Field(None, description="Policy YAML (thresholds, required lenses, failing labels); "
+                                                 "`audit run` exits 1 when it fails (default: the shipped policy).")
+    cache_dir: str | None = Field(None, description="Activation cache folder (default: $AUDIT_CACHE/activations).")
+    resume: bool = Field(False, description="Reuse the lenses an interrupted run into the same output folder "
+                                            "completed (kept in its .partial folder), when their inputs, settings "
+                                            "and code version are unchanged.")
 
     @property
     def references(self) -> list[str]:
@@ -79,6 +77,12 @@ class AuditConfig(BaseModel):
         if self.reference is None:
             return []
         return [self.reference] if isinstance(self.reference, str) else list(self.reference)
+
+
+CONFIG_FILE_ONLY = frozenset({"lens_options", "min_power", "cache_dir"})
+""":class:`AuditConfig` fields with no ``audit run`` option: set them in a ``--config`` file.
+Every other field is an option of ``audit run`` and ``audit plan`` (``--`` + its name with
+dashes; ``format`` is ``--format``)."""
 
 
 def load_config(path: str | Path | None, overrides: dict[str, Any], *, check: bool = True) -> AuditConfig:
