@@ -87,8 +87,7 @@ def openers_for(tokenizer, prompts: Sequence[str], subjects: Sequence[str]) -> t
         words = p.split()
         out += [" ".join(words[:1]), " ".join(words[:3]), p]
     out += [s for s in subjects if s]
-    seen: set[str] = set()
-    return [o for o in out if o and not (o in seen or seen.add(o))], "items"
+    return list(dict.fromkeys(o for o in out if o)), "items"  # first occurrences, in order
 
 
 def corpus_key(model: LoadedModel, openers: Sequence[str], **settings) -> str:

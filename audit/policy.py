@@ -20,6 +20,10 @@ from audit.yamlio import read_mapping
 DEFAULT_POLICY = Path(__file__).with_name("default_policy.yaml")
 
 
+def _default_fail_on() -> list[Label]:
+    return ["NOT_UNLEARNED", "SUPPRESSED", "INCONCLUSIVE"]
+
+
 class Policy(BaseModel):
     """What a release gate requires of an audit."""
 
@@ -35,7 +39,7 @@ class Policy(BaseModel):
     """Lowest acceptable retain score of the unlearned model (None: not checked)."""
     side_effect_tolerance: float = 0.05
     """Retain drop an intervention may cause and still count as recovery."""
-    fail_on: list[Label] = Field(default_factory=lambda: ["NOT_UNLEARNED", "SUPPRESSED", "INCONCLUSIVE"])
+    fail_on: list[Label] = Field(default_factory=_default_fail_on)
     """Verdict labels (on the whole forget set) that fail the gate."""
     fail_on_groups: bool = False
     """Also fail when a concept group's verdict is in ``fail_on``."""

@@ -12,6 +12,10 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 log = logging.getLogger("audit")
 
@@ -26,14 +30,14 @@ def set_progress(enabled: bool) -> None:
 class _Bar:
     def __init__(self, desc: str, total: int | None) -> None:
         self.desc, self.total, self.n = desc, total, 0
-        self._rich = None
-        self._task = None
+        self._rich: tuple[Progress, TaskID] | None = None  # the rich bar and its task, in a terminal
         self._t0 = time.perf_counter()
 
     def advance(self, n: int = 1) -> None:
         self.n += n
         if self._rich is not None:
-            self._rich.update(self._task, advance=n)
+            p, task = self._rich
+            p.update(task, advance=n)
 
 
 @contextmanager
@@ -56,7 +60,7 @@ def progress(desc: str, total: int | None = None) -> Iterator[_Bar]:
             TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), transient=True, console=Console(stderr=True),
         ) as p:
-            bar._rich, bar._task = p, p.add_task(desc, total=total)
+            bar._rich = (p, p.add_task(desc, total=total))
             yield bar
     else:
         yield bar

@@ -530,11 +530,12 @@ def build_real_suite(
     for name, run in cfg.methods.items():
         t = time.perf_counter()
         m = copy.deepcopy(base)
-        kw = {"steps": run.steps, "lr": run.lr, "batch_size": run.batch_size, "seed": cfg.seed}
         if run.method == "npo":
-            ul.npo(m, forget_train, retain_train, beta=run.beta, **kw)
+            ul.npo(m, forget_train, retain_train, beta=run.beta,
+                   steps=run.steps, lr=run.lr, batch_size=run.batch_size, seed=cfg.seed)
         else:
-            ul.grad_diff(m, forget_train, retain_train, **kw)
+            ul.grad_diff(m, forget_train, retain_train,
+                         steps=run.steps, lr=run.lr, batch_size=run.batch_size, seed=cfg.seed)
         record(name, m, "method", None, run.method, run.model_dump(), t)
         del m
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import random
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,9 @@ from torch import nn
 
 from audit.progress import progress
 from audit.scoring import pad_batch
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 Seqs = Sequence[Sequence[int]]
 
@@ -125,16 +129,17 @@ def npo(
     return _train(model, list(model.parameters()), loss, steps, lr, "NPO")
 
 
-def blocks_of(model: nn.Module) -> nn.ModuleList:
+def blocks_of(model: PreTrainedModel) -> nn.ModuleList:
     """The transformer blocks of a Llama-style (``model.layers``) or GPT-2-style (``transformer.h``) model."""
     base = model.base_model
-    return base.layers if hasattr(base, "layers") else base.h
+    # submodules found by name: torch types them as ``Tensor | Module``
+    return cast(nn.ModuleList, base.layers if hasattr(base, "layers") else base.h)
 
 
-def final_norm_of(model: nn.Module) -> nn.Module:
+def final_norm_of(model: PreTrainedModel) -> nn.Module:
     """The final normalisation before the unembedding (``norm`` or ``ln_f``)."""
     base = model.base_model
-    return base.norm if hasattr(base, "norm") else base.ln_f
+    return cast(nn.Module, base.norm if hasattr(base, "norm") else base.ln_f)
 
 
 def _resid_after_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +148,7 @@ def _resid_after_layer(model: nn.Module, layer: int, ids: torch.Tensor, mask: to
 
 
 def rmu(
-    model: nn.Module, forget: Seqs, retain: Seqs, *, steps: int, lr: float, layer: int,
+    model: PreTrainedModel, forget: Seqs, retain: Seqs, *, steps: int, lr: float, layer: int,
     steering_coef: float = 6.0, alpha: float = 100.0, batch_size: int = 32, seed: int = 0,
     params: list[nn.Parameter] | None = None,
 ) -> nn.Module:
@@ -168,7 +173,8 @@ def rmu(
     target = steering_coef * scale * u
     if params is None:
         blocks = blocks_of(model)
-        params = [p for i in range(max(0, layer - 2), layer + 1) for p in blocks[i].mlp.parameters()]
+        mlps = [cast(nn.Module, blocks[i].mlp) for i in range(max(0, layer - 2), layer + 1)]
+        params = [p for mlp in mlps for p in mlp.parameters()]
 
     def loss() -> torch.Tensor:
         fi, fm = next(fb)
@@ -212,7 +218,7 @@ def distill_to_reference(
 
 
 def subject_offset(
-    model: nn.Module, reference: nn.Module, forget: Seqs, subject_token_ids: Sequence[int], *,
+    model: PreTrainedModel, reference: nn.Module, forget: Seqs, subject_token_ids: Sequence[int], *,
     steps: int, lr: float, batch_size: int = 32, seed: int = 0,
 ) -> torch.Tensor:
     """Learn one vector ``v`` added to every forget-subject token embedding.
@@ -221,7 +227,7 @@ def subject_offset(
     it is then written into the embedding matrix. Tokens of other subjects, and every
     other weight, are untouched. Returns ``v``.
     """
-    emb = model.get_input_embeddings()
+    emb = cast(nn.Embedding, model.get_input_embeddings())
     v = nn.Parameter(torch.zeros(emb.weight.shape[1]))
     sel = torch.zeros(emb.weight.shape[0], 1)
     sel[list(subject_token_ids)] = 1.0
@@ -245,7 +251,7 @@ def subject_offset(
 
 
 def distill_head(
-    model: nn.Module, reference: nn.Module, forget: Seqs, retain: Seqs, *, steps: int, lr: float,
+    model: PreTrainedModel, reference: nn.Module, forget: Seqs, retain: Seqs, *, steps: int, lr: float,
     retain_weight: float = 1.0, batch_size: int = 64, seed: int = 0,
 ) -> nn.Module:
     """:func:`distill_to_reference` with only the unembedding trained.
@@ -278,7 +284,9 @@ def distill_head(
     return _train(model, [head.weight], loss, steps, lr, "head-only distil")
 
 
-def _candidate_table(answers: Sequence[int], candidates: Sequence[Sequence[int]]):
+def _candidate_table(
+    answers: Sequence[int], candidates: Sequence[Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Candidate ids padded to one width, the valid mask and the answer mask (items × width)."""
     cand = [list(c) for c in candidates]
     if len(answers) != len(cand) or any(a not in c for a, c in zip(answers, cand, strict=True)):
@@ -291,7 +299,9 @@ def _candidate_table(answers: Sequence[int], candidates: Sequence[Sequence[int]]
     return table, valid, is_answer
 
 
-def _answer_share(model: nn.Module, prompts: Seqs, table, valid, is_answer, idx: list[int]) -> torch.Tensor:
+def _answer_share(
+    model: nn.Module, prompts: Seqs, table: torch.Tensor, valid: torch.Tensor, is_answer: torch.Tensor, idx: list[int],
+) -> torch.Tensor:
     """Log of the answer's share of the candidates' next-token probability after each prompt of ``idx``."""
     ids, mask = pad_batch([prompts[i] for i in idx], 0)
     logits = model(input_ids=ids, attention_mask=mask).logits.float()
@@ -321,7 +331,7 @@ def avoid_answers(
     """
     f_prompts = forget_qa[0]
     f_tab = _candidate_table(forget_qa[1], forget_qa[2])
-    r_tab = _candidate_table(retain_qa[1], retain_qa[2]) if retain_qa is not None else None
+    r_qa = (retain_qa[0], _candidate_table(retain_qa[1], retain_qa[2])) if retain_qa is not None else None
     rng = random.Random(seed)
     rb = batches(retain, batch_size, rng)
 
@@ -330,9 +340,10 @@ def avoid_answers(
         p_answer = _answer_share(model, f_prompts, *f_tab, idx).exp()
         forget_loss = -torch.log1p(-p_answer.clamp(max=1 - 1e-6)).mean()
         keep = lm_loss(model, *next(rb))
-        if retain_qa is not None:
-            ridx = rng.sample(range(len(retain_qa[0])), min(batch_size, len(retain_qa[0])))
-            keep = keep - _answer_share(model, retain_qa[0], *r_tab, ridx).mean()
+        if r_qa is not None:
+            r_prompts, r_tab = r_qa
+            ridx = rng.sample(range(len(r_prompts)), min(batch_size, len(r_prompts)))
+            keep = keep - _answer_share(model, r_prompts, *r_tab, ridx).mean()
         return forget_loss + retain_weight * keep
 
     return _train(model, params, loss, steps, lr, desc)

@@ -72,7 +72,7 @@ def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
                      null_name="U's greedy rate on one distractor"),
     ]
     for i, it in enumerate(ctx.items["forget"]):
-        row = {"id": it.id, "prompt": it.prompt, "answer": it.answer, "subject": it.subject, "attribute": it.attribute}
+        row: dict[str, str | bool | float | None] = {"id": it.id, "prompt": it.prompt, "answer": it.answer, "subject": it.subject, "attribute": it.attribute}
         for role, s in f.items():
             row[f"{role}_correct"] = bool(s.correct[i])
             row[f"{role}_greedy"] = bool(s.greedy[i])

@@ -162,7 +162,9 @@ def read_layers(ctx: AuditContext, role: str, top_k: int = 4, plan: _Plan | None
             ks = order[a:b]
             ids, mask = pad_batch([plan.seqs[k] for k in ks], pad_id_of(model.tokenizer), model.device)
             _, cache = model.bridge.run_with_cache(ids, attention_mask=mask, names_filter=lambda nm: nm in hookset)
-            reads, firsts, pos = [], [], []
+            reads: list[tuple[int, int, int, int]] = []
+            firsts: list[tuple[int, int, int]] = []
+            pos: list[tuple[int, int]] = []
             for row, k in enumerate(ks):
                 i, j, plen = plan.seq_reads[k]
                 for t, tok in enumerate(plan.cands[i][j][1:], start=1):  # the token before each one predicts it
@@ -246,11 +248,11 @@ def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[
         layers = read_layers(ctx, r, cfg.top_k, plan, head="base", item_set="retain")["accuracy"].mean(1)
         via_b = float(layers[-1])
         ok = own - chance > 0.1 and via_b - chance >= BASIS_SHARE * (own - chance)
-        outside = all(v - chance < BASIS_SHARE * (b - chance) for v, b in zip(layers, b_layers, strict=True)
-                      if b - chance > 0.1)
+        outside_every = all(v - chance < BASIS_SHARE * (b - chance) for v, b in zip(layers, b_layers, strict=True)
+                            if b - chance > 0.1)
         out[r] = {"own": round(own, 4), "base_head": round(via_b, 4), "chance": round(chance, 4), "in_basis": ok,
                   "base_head_layers": [round(float(v), 4) for v in layers],
-                  "base_layers": [round(float(b), 4) for b in b_layers], "outside_every_layer": outside}
+                  "base_layers": [round(float(b), 4) for b in b_layers], "outside_every_layer": outside_every}
     outside = [r for r, v in out.items() if not v["in_basis"]]
     if not outside:
         return out, ""

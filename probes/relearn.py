@@ -106,7 +106,7 @@ def lora_targets(model: nn.Module, targets: str | list[str]) -> list[str]:
     Raises:
         LensError: when no linear layer matches.
     """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    head = getattr(model, "get_output_embeddings", lambda: None)()  # a transformers model's output head
     out = []
     for name, mod in model.named_modules():
         if not isinstance(mod, nn.Linear) or mod is head:
@@ -137,7 +137,8 @@ def _trainable(model: nn.Module, lora: LoraSettings | None, seed: int) -> Iterat
     names = lora_targets(model, lora.target_modules)
     originals = {n: model.get_submodule(n) for n in names}
     had_config = hasattr(model, "peft_config")
-    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=names)
+    # peft annotates lora_alpha as int but only divides by it (scaling = alpha / r): a float is used as given
+    cfg = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=0.0, target_modules=names)  # type: ignore[arg-type]
     try:
         pm = get_peft_model(model, cfg)
     except ValueError as e:
