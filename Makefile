@@ -8,7 +8,7 @@ export TOKENIZERS_PARALLELISM := false
 
 DEMO_LENSES ?= behavior,linear_probe,logit_lens,steering,sae,quantization,relearn,leak_at_k,similarity
 
-.PHONY: setup browser demo test bench lint clean smollm2 smollm2-audit
+.PHONY: setup browser demo demo-full test bench lint clean smollm2 smollm2-audit
 
 setup: $(STAMP)
 
@@ -20,9 +20,20 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# the quick tour: one organism per label, the full battery (every label: DELETED, SUPPRESSED,
+# NOT_UNLEARNED, and INCONCLUSIVE for a never-trained model audited without N)
+DEMO_ORGANISMS ?= reference_b,head_only,noop
+
 demo: setup
+	$(VENV)/bin/audit organisms build --out organisms_demo --seed 0 --no-methods
+	$(VENV)/bin/audit organisms audit organisms_demo --out demo_out --lenses $(DEMO_LENSES) --only $(DEMO_ORGANISMS)
+	$(VENV)/bin/audit organisms audit organisms_demo --out demo_out/no_reference --lenses $(DEMO_LENSES) \
+		--only reference_b --no-reference
+
+# the whole organism tour: every construction and the GA/GradDiff/NPO/RMU organisms (about an hour)
+demo-full: setup
 	$(VENV)/bin/audit organisms build --out organisms --seed 0
-	$(VENV)/bin/audit organisms audit organisms --out demo_out --lenses $(DEMO_LENSES)
+	$(VENV)/bin/audit organisms audit organisms --out demo_full_out --lenses $(DEMO_LENSES)
 
 # headless Chromium + chromedriver for tests/test_report_browser.py (Debian packages);
 # installed when running as root with apt, otherwise the test skips (and fails under CI=1)
@@ -54,6 +65,7 @@ smollm2-audit: smollm2
 
 lint: setup
 	$(VENV)/bin/ruff check audit probes reports tests benchmarks cli.py
+	$(VENV)/bin/mypy --config-file pyproject.toml
 
 clean:
-	rm -rf organisms demo_out audit_out organisms_smollm2 smollm2_out
+	rm -rf organisms organisms_demo demo_out demo_full_out audit_out organisms_smollm2 smollm2_out

@@ -205,6 +205,7 @@ def _audit_options(action: Callable[[dict[str, Any], Optional[Path]], None]) -> 
         policy: Annotated[Optional[str], _option("policy")] = None,
         config: Annotated[Optional[Path], typer.Option(help="YAML config file; options given here override it.")] = None,
         resume: Annotated[Optional[bool], _option("resume", "--resume")] = None,
+        low_memory: Annotated[Optional[bool], _option("low_memory", "--low-memory")] = None,
     ) -> None:
         action({
             "base": base, "unlearned": unlearned, "forget": forget, "retain": retain,
@@ -213,7 +214,7 @@ def _audit_options(action: Callable[[dict[str, Any], Optional[Path]], None]) -> 
             "drop_unknown": drop_unknown, "identical_candidates": identical_candidates,
             "out": out, "lenses": _split(lenses), "seed": seed, "device": device, "dtype": dtype,
             "batch_size": batch_size, "max_items": max_items, "allow_pickle": allow_pickle,
-            "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume,
+            "trust_remote_code": trust_remote_code, "policy": policy, "resume": resume, "low_memory": low_memory,
         }, config)
 
     command.__doc__ = action.__doc__
@@ -560,17 +561,21 @@ def organisms_audit(
     lenses: Annotated[Optional[str], typer.Option(help="Comma-separated lens names.")] = None,
     only: Annotated[Optional[str], typer.Option(help="Comma-separated organism names.")] = None,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    reference: Annotated[bool, typer.Option(
+        help="Audit against the suite's reference_a as N; --no-reference withholds it (end points estimated, "
+             "as for a user without a never-trained model).")] = True,
 ) -> None:
     """Audit every organism of a suite and compare verdicts with ground truth."""
     _setup()
     from audit.suite import audit_suite
 
     try:
-        rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed,
+        rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed, reference=reference,
                            on_log_written=_render_report)
     except InputError as e:
         _fail(e)
-    table = Table(title=Text(f"Verdicts on the organism suite {suite}"))
+    table = Table(title=Text(f"Verdicts on the organism suite {suite}" + (
+        "" if reference else " with N withheld (a never-trained model is INCONCLUSIVE here, never DELETED)")))
     for col in ("organism", "ground truth", "verdict", "deletion score", "reason"):
         table.add_column(col, overflow="fold")
     for r in rows:

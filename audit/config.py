@@ -67,6 +67,9 @@ class AuditConfig(BaseModel):
     policy: str | None = Field(None, description="Policy YAML (thresholds, required lenses, failing labels); "
                                                  "`audit run` exits 1 when it fails (default: the shipped policy).")
     cache_dir: str | None = Field(None, description="Activation cache folder (default: $AUDIT_CACHE/activations).")
+    low_memory: bool = Field(False, description="Hold one model's weights at a time: B, U and N are never "
+                                                "resident together (each is read back from its checkpoint when "
+                                                "next used, which costs load time).")
     resume: bool = Field(False, description="Reuse the lenses an interrupted run into the same output folder "
                                             "completed (kept in its .partial folder), when their inputs, settings "
                                             "and code version are unchanged.")

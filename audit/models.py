@@ -135,40 +135,124 @@ def check_device(device: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A checkpoint loaded for auditing."""
+    """A checkpoint loaded for auditing.
+
+    ``hf`` and ``bridge`` are the weights. Under a :class:`Residency` with ``low_memory``
+    they may be put down while another model's passes run, and are read back from the
+    checkpoint the next time they are asked for; the tokenizer, the config and the shape
+    stay. Ask for ``m.hf`` / ``m.bridge`` where they are used, rather than holding them
+    across another model's work, or two models are resident again."""
 
     role: str
     path: str
     hash: str
-    hf: Any
+    _hf: Any
     tokenizer: Any
-    bridge: Any
+    _bridge: Any
     device: str = "cpu"
     meta: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     """The HF folder the weights were read from (safetensors), for lenses that edit weights
     in place and read the originals back one tensor at a time (``None``: unknown)."""
+    reload: Callable[[], tuple[Any, Any]] | None = None
+    """Reads the weights again (``(hf, bridge)``) after :meth:`unload` (``None``: they cannot be put down)."""
+    residency: Residency | None = None
+    config: Any = field(init=False)
+    """The HF config, kept while the weights are put down."""
+    n_layers: int = field(init=False)
+    d_model: int = field(init=False)
+    n_params: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config = self._hf.config
+        self.n_layers = int(self._bridge.cfg.n_layers)
+        self.d_model = int(self._bridge.cfg.d_model)
+        self.n_params = int(sum(p.numel() for p in self._hf.parameters()))
 
     @property
-    def n_layers(self) -> int:
-        return int(self.bridge.cfg.n_layers)
+    def resident(self) -> bool:
+        return self._hf is not None
 
     @property
-    def d_model(self) -> int:
-        return int(self.bridge.cfg.d_model)
+    def hf(self) -> Any:
+        self._ensure()
+        return self._hf
+
+    @property
+    def bridge(self) -> Any:
+        self._ensure()
+        return self._bridge
+
+    def _ensure(self) -> None:
+        if self._hf is None:
+            if self.residency is None or self.reload is None:
+                raise RuntimeError(f"the {self.role} model's weights were put down and cannot be read back")
+            self.residency.bring_in(self)
+
+    def unload(self) -> None:
+        """Put the weights down (they are read back from the checkpoint when next used)."""
+        if self._hf is None or self.reload is None:
+            return
+        self._hf = self._bridge = None
+        import gc
+
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Logits for right-padded ids, through the bridge (so active hooks apply)."""
         return self.bridge(ids, attention_mask=mask, return_type="logits")
 
     def info(self) -> dict[str, Any]:
-        cfg = self.hf.config
+        cfg = self.config
         return {
             "role": self.role, "path": self.path, "hash": self.hash,
-            "architecture": (cfg.architectures or [type(self.hf).__name__])[0],
+            "architecture": (cfg.architectures or [type(self._hf).__name__ if self._hf is not None else "?"])[0],
             "model_type": cfg.model_type, "n_layers": self.n_layers, "d_model": self.d_model,
-            "n_params": int(sum(p.numel() for p in self.hf.parameters())), **self.meta,
+            "n_params": self.n_params, **self.meta,
         }
+
+
+class Residency:
+    """Which models of a run hold their weights in memory (``--low-memory``, issue 19).
+
+    With ``low_memory``, at most one: asking for a model's weights puts every other
+    model's down first, so B, U and N are never resident together and the peak is one
+    model plus what a lens adds. Without it every model stays loaded (the fast default).
+    ``loads`` counts the reads of each role's weights (the first load included) and
+    ``peak`` the most models resident at once, for tests and the log.
+    """
+
+    def __init__(self, low_memory: bool = False) -> None:
+        self.low_memory = low_memory
+        self.models: list[LoadedModel] = []
+        self.loads: dict[str, int] = {}
+        self.peak = 0
+
+    def make_room(self, keep: LoadedModel | None = None) -> None:
+        """With ``low_memory``, put down every model but ``keep``."""
+        if self.low_memory:
+            for m in self.models:
+                if m is not keep:
+                    m.unload()
+
+    def add(self, m: LoadedModel) -> LoadedModel:
+        m.residency = self
+        self.models.append(m)
+        self.loads[m.role] = self.loads.get(m.role, 0) + 1
+        self._count()
+        return m
+
+    def bring_in(self, m: LoadedModel) -> None:
+        self.make_room(keep=m)
+        assert m.reload is not None
+        m._hf, m._bridge = m.reload()
+        self.loads[m.role] = self.loads.get(m.role, 0) + 1
+        self._count()
+
+    def _count(self) -> None:
+        self.peak = max(self.peak, sum(x.resident for x in self.models))
 
 
 def _hf_dir_for(path: Path, allow_pickle: bool) -> tuple[Path, bool]:
@@ -401,9 +485,13 @@ def load_model(
     dtype: str = "float32",
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    residency: Residency | None = None,
 ) -> LoadedModel:
     """Load a checkpoint (HF directory, ``.gguf`` file, hub ID ``org/name[@revision]`` or
     PEFT adapter folder, merged into its base) as a hookable model.
+
+    With a ``residency``, the model joins it: under ``low_memory`` every other model's
+    weights are put down before this one's are read, and read back when next used.
 
     Raises:
         InputError: missing path, not a checkpoint, refused pickle, unreadable weights.
@@ -430,22 +518,34 @@ def load_model(
         digest = content_hash(hf_dir)
     try:
         tok = AutoTokenizer.from_pretrained(hf_dir, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            hf_dir, torch_dtype=DTYPES[dtype], use_safetensors=safe, trust_remote_code=trust_remote_code
-        ).to(device).eval()
-    except (ValueError, OSError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as e:
-        # an UnpicklingError is torch.load(weights_only=True) refusing a pickle that names code
+    except (ValueError, OSError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot load checkpoint {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    for q in model.parameters():
-        q.requires_grad_(False)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    bridge = TransformerBridge.boot_transformers(
-        str(hf_dir), hf_model=model, tokenizer=tok, device=device, dtype=DTYPES[dtype],
-        trust_remote_code=trust_remote_code,
-    )
-    bridge.eval()
-    return LoadedModel(role, str(Path(path)), digest, model, tok, bridge, device, meta, source=hf_dir if safe else None)
+
+    def weights() -> tuple[Any, Any]:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                hf_dir, torch_dtype=DTYPES[dtype], use_safetensors=safe, trust_remote_code=trust_remote_code
+            ).to(device).eval()
+        except (ValueError, OSError, RuntimeError, KeyError, SafetensorError, pickle.UnpicklingError) as e:
+            # an UnpicklingError is torch.load(weights_only=True) refusing a pickle that names code
+            raise InputError(f"cannot load checkpoint {p}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        for q in model.parameters():
+            q.requires_grad_(False)
+        bridge = TransformerBridge.boot_transformers(
+            str(hf_dir), hf_model=model, tokenizer=tok, device=device, dtype=DTYPES[dtype],
+            trust_remote_code=trust_remote_code,
+        )
+        bridge.eval()
+        return model, bridge
+
+    if residency is not None:
+        residency.make_room()  # with low_memory, the others are put down before this one is read
+    model, bridge = weights()
+    m = LoadedModel(role, str(Path(path)), digest, model, tok, bridge, device, meta, source=hf_dir if safe else None,
+                    reload=weights if residency is not None else None)
+    return residency.add(m) if residency is not None else m
 
 
 def _vocab_hash(tok) -> str:
@@ -463,7 +563,7 @@ def check_compatible(models: list[LoadedModel]) -> None:
     keys = ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")
     for other in models[1:]:
         for k in keys:
-            a, b = getattr(first.hf.config, k, None), getattr(other.hf.config, k, None)
+            a, b = getattr(first.config, k, None), getattr(other.config, k, None)
             if a != b:
                 raise InputError(
                     f"{first.role} and {other.role} have different architectures: "
@@ -484,7 +584,7 @@ _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_seq_len
 def context_length(model: LoadedModel) -> int | None:
     """Most tokens the model reads at once (its config's ``max_position_embeddings`` or
     the like), or None when its config does not say."""
-    cfg = model.hf.config
+    cfg = model.config
     for key in _CONTEXT_KEYS:
         v = getattr(cfg, key, None)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:

@@ -149,11 +149,18 @@ class PlanInputs:
     """Names no model saw, per item, in the behavior lens's prior calibration."""
     runtime_bytes: int = 0
     """Host memory of the process before any model loads (Python, torch and the libraries), measured."""
+    low_memory: bool = False
+    """``--low-memory``: one model's weights resident at a time (each read back when next used)."""
 
     @property
     def n_models(self) -> int:
-        """B, U and every reference: all loaded together."""
+        """B, U and every reference."""
         return 2 + self.n_references
+
+    @property
+    def n_resident(self) -> int:
+        """Models whose weights are held at once: all of them, or one with ``low_memory``."""
+        return 1 if self.low_memory else self.n_models
 
     @property
     def weight_bytes(self) -> int:
@@ -287,7 +294,9 @@ class Plan:
         inp = self.inputs
         f = inp.facts
         held = "B and U" if not inp.n_references else f"B, U and {inp.n_references} reference(s)"
-        lines = [f"models: {inp.n_models} loaded together ({held}), "
+        together = (f"one resident at a time (--low-memory; {held} each read back when next used)" if inp.low_memory
+                    else f"loaded together ({held})")
+        lines = [f"models: {inp.n_models} {together}, "
                  f"{fmt_count(f.n_params)} parameters each in {inp.dtype}: {fmt_bytes(inp.model_bytes)} each"]
         runtime = (f"the process's own {fmt_bytes(inp.runtime_bytes)} (Python, torch, libraries) included"
                    if inp.runtime_bytes else "the Python/torch runtime not included")
@@ -710,6 +719,9 @@ def plan_from(inputs: PlanInputs, lens_configs: dict[str, Any], calibration: Cal
     notes = [n for r in rows for n in r.notes]
     notes.append("counts assume empty caches: scores, activations, relearning runs and SAEs cached by an earlier "
                  "audit are read back, not recomputed; times leave out CPU-only fitting (probes, CKA)")
+    if inputs.low_memory:
+        notes.append("--low-memory: each switch from one model's passes to another's reads the weights again; "
+                     "the load time counts the first read of each model only")
     if calibration is not None:
         for r in rows:
             r.seconds = calibration.seconds(r.work)
@@ -720,7 +732,7 @@ def plan_from(inputs: PlanInputs, lens_configs: dict[str, Any], calibration: Cal
 def peak_memory(inp: PlanInputs, rows: Sequence[LensPlan]) -> dict[str, int]:
     """Predicted peak bytes per device: the loaded models plus the hungriest step on the
     models' device; the shared activations and the hungriest step's host arrays on the host."""
-    resident = inp.n_models * inp.model_bytes
+    resident = inp.n_resident * inp.model_bytes
     kept = inp.runtime_bytes + sum(r.persistent_host_bytes for r in rows)
     dev = inp.device.split(":")[0]
     if dev == "cpu":
@@ -863,7 +875,7 @@ def _make_plan(config: AuditConfig, measure: bool) -> Plan:
         inputs = PlanInputs(model_facts(base), stats["forget"], stats["retain"], n_references=len(config.references),
                             dtype=config.dtype, device=config.device, batch_size=config.batch_size,
                             drop_unknown=config.drop_unknown, bitsandbytes=_bitsandbytes(),
-                            placeholders=PRIOR_PLACEHOLDERS, runtime_bytes=runtime)
+                            placeholders=PRIOR_PLACEHOLDERS, runtime_bytes=runtime, low_memory=config.low_memory)
         calibration = None
         if measure:
             enc = encode_items(base.tokenizer, items["forget"])

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from audit.adapters import prepare_for_model
+from audit.caveats import NO_REFERENCE, NO_REFERENCE_VERDICT
 from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.errors import InputError, LensError, one_line
 from audit.items import ItemSet, items_hash, load_item_set
-from audit.models import check_compatible, check_context_window, load_model
+from audit.models import Residency, check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
 from audit.progress import log as logger
 from audit.quiet import CaughtWarnings, quiet_warnings
@@ -228,10 +229,12 @@ def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs
     """Load the models, run the lenses and decide; ``p`` holds what is made as it is made."""
     sets, items, timings = p.sets, p.items, p.timings
     t = time.perf_counter()
+    residency = Residency(config.low_memory)
     for role, path in model_paths(config).items():
         if path is not None:
             p.models[role] = load_model(path, role, device=config.device, dtype=config.dtype,
-                                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code)
+                                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                                        residency=residency)
     models = p.models
     check_compatible(list(models.values()))
     # chat-template wrapping and dropping what the base never knew both need the base model
@@ -285,6 +288,9 @@ def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs
         results[spec.name] = res
         timings[f"lens:{spec.name}"] = res.seconds
 
+    if config.low_memory:
+        logger.info("low memory: at most %d model(s) resident at once; weights read %s", residency.peak,
+                    ", ".join(f"{r} {n}×" for r, n in residency.loads.items()))
     th = policy.thresholds
     null = dict(zip([it.id for it in items["forget"]], ctx.null("forget").tolist(), strict=True))
     subjects = {it.id: it.subject for it in items["forget"]}
@@ -292,9 +298,9 @@ def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs
     verdicts += group_verdicts(results, _groups(items["forget"]), null, th, config.min_power, config.seed,
                                clusters=subjects)
     if not ctx.has_reference:
-        for v in verdicts:
-            v.reason += (" (no reference model: end points are knowledge-free estimates, so DELETED is not "
-                         "certified and this verdict is weaker)")
+        for verdict in verdicts:
+            if NO_REFERENCE not in verdict.reason:  # DELETED's blockers say it already
+                verdict.reason += f" ({NO_REFERENCE}: {NO_REFERENCE_VERDICT}, and this verdict is weaker)"
     timings["total"] = time.perf_counter() - t0
     log = _make_log(config, policy, p, verdicts=verdicts, retain_utility=retain_utility(results, th))
     log.policy_result = evaluate(log, policy)

@@ -91,7 +91,7 @@ def audit_suite(
 
 
 # AuditConfig fields that change no result: where the log goes, resources, caches, resume itself
-_RESOURCE_FIELDS = ("out", "batch_size", "cache_dir", "resume")
+_RESOURCE_FIELDS = ("out", "batch_size", "cache_dir", "resume", "low_memory")
 
 
 def _plain(d: dict[str, Any]) -> Any:

@@ -311,7 +311,7 @@ def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
     if cfg.retain_variant:
         runs["retain"] = ("retain", _sub(retain, r_train), list(range(len(forget))))
     seeds = [ctx.seed + j for j in range(cfg.seeds)]
-    n_params = max(sum(p.numel() for p in ctx.models[r].hf.parameters()) for r in ctx.roles)
+    n_params = max(ctx.models[r].n_params for r in ctx.roles)  # counted at load: no model is read back for it
     method = resolve_method(cfg, n_params)
     lora, lr = (cfg.lora, cfg.lora_lr) if method == "lora" else (None, cfg.lr)
     # seed -> run -> role -> steps -> scores

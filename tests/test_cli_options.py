@@ -88,7 +88,7 @@ def test_every_option_reaches_its_config_field(monkeypatch, tmp_path):
               "format": "qa", "qa_template": "Q: {question}", "mc_mode": "letter", "chat_template": "auto",
               "identical_candidates": "drop", "out": "o", "lenses": "behavior,relearn", "seed": "3",
               "device": "cpu", "dtype": "bfloat16", "batch_size": "7", "max_items": "5", "policy": "p.yaml"}
-    flags = ["drop_unknown", "allow_pickle", "trust_remote_code", "resume"]
+    flags = ["drop_unknown", "allow_pickle", "trust_remote_code", "resume", "low_memory"]
     assert set(values) | set(flags) == set(AuditConfig.model_fields) - CONFIG_FILE_ONLY
     args = [a for k, v in values.items() for a in (f"--{k.replace('_', '-')}", v)]
     args += [f"--{k.replace('_', '-')}" for k in flags] + ["--config", str(tmp_path / "c.yaml")]

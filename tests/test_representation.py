@@ -23,10 +23,11 @@ from audit.verdict import Thresholds
 LENSES = ["behavior", "linear_probe", "logit_lens", "similarity"]
 
 
-def _run(suite, tmp_path, unlearned, lenses=LENSES, seed=0):
+def _run(suite, tmp_path, unlearned, lenses=LENSES, seed=0, lens_options=None):
     cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / unlearned),
                       reference=str(suite / "reference_a"), forget=str(suite / "forget.jsonl"),
-                      retain=str(suite / "retain.jsonl"), out=str(tmp_path / unlearned), lenses=lenses, seed=seed)
+                      retain=str(suite / "retain.jsonl"), out=str(tmp_path / unlearned), lenses=lenses, seed=seed,
+                      lens_options=lens_options or {})
     return run(cfg)
 
 
@@ -100,7 +101,9 @@ def test_report_has_per_layer_sections(logs):
 def test_activation_cache_is_shared_across_lenses(suite, tmp_path, monkeypatch):
     monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "fresh"))
     before = A.FORWARD_COUNTER["capture"]
-    log = _run(suite, tmp_path, "noop", lenses=["linear_probe", "logit_lens", "similarity", "steering"])
+    # steering at one scale and site: its grid does not change what it captures
+    log = _run(suite, tmp_path, "noop", lenses=["linear_probe", "logit_lens", "similarity", "steering"],
+               lens_options={"steering": {"scales": [1.0], "poolings": ["mean"], "max_layers": 1}})
     n_forget, n_retain = log.items["forget"].n_items, log.items["retain"].n_items
     batches = math.ceil(n_forget / 32) + math.ceil(n_retain / 32)
     # three models, each forwarded once per item set for capture, whatever the number of
