@@ -101,9 +101,9 @@ def _frac(model, site: str) -> float:
 
 def _counts(log, models, items) -> dict[str, dict[str, float]]:
     """Forward tokens (``tok``) and forward+backward steps (``step``) each lens needs."""
+    from audit.crossfit import subject_folds as _folds
     from audit.scoring import encode_items
     from probes.relearn import split_by_subject
-    from probes.steering import _folds
 
     U = models["unlearned"]
     tok = U.tokenizer

@@ -3,7 +3,7 @@
 The default grid of the steering lens (every site, candidate, form and scale, plus 16
 norm-matched random controls per site × scale × form) is scored on one fold of forget
 items, and its settings on one fold of retain items, as one fold of the lens's sweep
-does. Three ways, each through :meth:`probes.steering._Prepared.logprobs`:
+does. Three ways, each through :meth:`audit.intervene.PreparedItems.logprobs`:
 
 - ``naive``: one full forward pass per setting and per control (a hook at the site);
 - ``batched``: all replicas of a site in one full forward pass (hooked), no resume;
@@ -25,8 +25,9 @@ TARGET = 3.0
 
 
 def _grid(n_items: int, n_retain: int, model_path, label: str, rounds: int) -> tuple[Row, list[str]]:
+    from audit.intervene import PreparedItems as _Prepared
     from audit.models import load_model
-    from probes.steering import EMBED, SteeringConfig, _Prepared, _settings
+    from probes.steering import EMBED, SteeringConfig, _settings
 
     cfg = SteeringConfig()
     m = load_model(model_path, "unlearned")

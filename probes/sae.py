@@ -26,9 +26,10 @@ SPEC §3–§4, issue 4. At one residual site (``blocks.{layer}.hook_resid_post`
    difference, ``h + dec(z') − dec(z)``, so the SAE's error term is kept (the residual
    is never replaced by the reconstruction). Controls: frequency-matched random feature
    sets moved the same way. The scale is chosen per fold on the other folds (largest
-   excess over the controls within the side-effect tolerance on retain), as in the
-   steering lens; N goes through the same procedure with its own shift (B − N), so
-   recovery is ``(S_restored(U) − S_restored(N)) / (S(B) − S(N))``.
+   excess over the controls within the side-effect tolerance on retain; ties to the
+   smallest scale) by :mod:`audit.crossfit`, as in the steering lens; the edits are
+   scored by :mod:`audit.intervene`. N goes through the same procedure with its own
+   shift (B − N), so recovery is ``(S_restored(U) − S_restored(N)) / (S(B) − S(N))``.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,15 +49,15 @@ from torch import Tensor
 
 from audit.context import AuditContext
 from audit.corpus import corpus_key, corpus_summary, openers_for, sample_corpus
+from audit.crossfit import Sweep, edited_recovery, require_folds, subject_folds
 from audit.errors import LensError
+from audit.intervene import PreparedItems, item_metrics, per_fold_scores, unedited
 from audit.models import LoadedModel, cache_root
 from audit.progress import log as logger
 from audit.progress import progress
 from audit.registry import LensConfig, register_lens
 from audit.schema import LensResult
 from audit.scoring import encode_prompt, pad_batch, pad_id_of
-from audit.stats import recovery
-from probes.steering import _folds, _metrics, _p, _Prepared, _unsteered
 
 SAE_CACHE_VERSION = "2"
 
@@ -202,7 +203,7 @@ def encode(sae, x: Tensor, batch: int = 8192) -> Tensor:
 
 
 @torch.no_grad()
-def reconstruction(sae, x: Tensor) -> dict[str, float]:
+def reconstruction(sae, x: Tensor) -> dict[str, Any]:
     """Explained variance, L0 and dead-feature share of an SAE on activations ``x``."""
     codes = encode(sae, x)
     rec = torch.cat([sae.decode(codes[s : s + 8192]).float() for s in range(0, len(x), 8192)])
@@ -308,7 +309,7 @@ def _corpus(ctx: AuditContext, cfg: SAELensConfig, texts: list[str], prompts: li
         return (lambda: [], {"source": "audit prompts"}, [])
     items = [*ctx.items["forget"], *ctx.items["retain"]]
     openers, kind = openers_for(B.tokenizer, prompts, sorted({it.subject or "" for it in items}))
-    settings = {"tokens": cfg.corpus_tokens, "length": cfg.corpus_length, "temperature": cfg.corpus_temperature,
+    settings: dict[str, Any] = {"tokens": cfg.corpus_tokens, "length": cfg.corpus_length, "temperature": cfg.corpus_temperature,
                 "top_p": cfg.corpus_top_p, "seed": ctx.seed}
     record = {"source": "self-generated", "openers": kind, "n_openers": len(openers), **settings}
     ckey = corpus_key(B, openers, top_k=512, batch=cfg.corpus_batch, **settings)  # sample_corpus's own cache key
@@ -485,7 +486,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     prompts = [it.prompt for it in [*forget, *retain]]
     corpus_seqs, corpus, identity = _corpus(ctx, cfg, texts, prompts)
 
-    def data() -> tuple[list[list[int]], list[list[int]], list[str]]:
+    def training_data() -> tuple[list[list[int]], list[list[int]], list[str]]:
         extra = corpus_seqs()
         seqs = [s for s in [*(encode_prompt(B.tokenizer, p) for p in prompts), *extra] if len(s) > 1]
         held = np.random.default_rng(ctx.seed).random(len(seqs)) < cfg.holdout
@@ -505,7 +506,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
         raise LensError(f"SAE layer {layer} is out of range: the model has {n_layers} blocks")
     hook = f"blocks.{layer}.hook_resid_post"
     key = _train_key(B, hook, cfg, [*identity, *prompts]) + f"-s{ctx.seed}"
-    sae, source, quality = get_sae(ctx, cfg, hook, data, key, corpus)
+    sae, source, quality = get_sae(ctx, cfg, hook, training_data, key, corpus)
     if sae.cfg.d_in != B.d_model:
         raise LensError(f"the SAE reads {sae.cfg.d_in}-dimensional activations; the model's residual has {B.d_model}")
     sae.requires_grad_(False)
@@ -546,10 +547,9 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     total = {role: float(act[role].sum() / act["base"].sum()) for role in ctx.roles}
 
     # ---- restoration, cross-fitted over subject folds
-    fold_f = _folds(forget, cfg.folds, ctx.seed)
-    fold_r = _folds(retain, cfg.folds, ctx.seed + 1)
-    if any(not (fold_f == e).any() for e in range(cfg.folds)):
-        raise LensError(f"the SAE lens needs forget items of at least {cfg.folds} subjects for {cfg.folds} folds")
+    fold_f = subject_folds(forget, cfg.folds, ctx.seed)
+    fold_r = subject_folds(retain, cfg.folds, ctx.seed + 1)
+    require_folds(fold_f, cfg.folds, "the SAE lens")
     ctrl_sets = matched_controls(sel["forget_rate"], concept, alive, cfg.n_controls, ctx.seed + 7919, exclude=found)
     feature_sets = [concept, *ctrl_sets]
     d_sae = int(sae.cfg.d_sae)
@@ -577,12 +577,9 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     scales = sorted({float(s) for s in cfg.scales if s > 0})
     if not scales:
         raise LensError("the SAE lens needs at least one positive scale")
-    plain = {role: _unsteered(ctx, role, "forget") for role in ctx.roles}
-    plain_retain_u = _unsteered(ctx, "unlearned", "retain")["accuracy"]
-    b = plain["base"][metric]
-    # the knowledge-free end point: every reference ([references, items]), or the answer-prior estimate
-    n_plain = ctx.end_point({r: plain[r][metric] for r in ctx.roles})
-    gap = float(b.mean() - n_plain.mean())
+    # unrestored scores (shared with the behavior lens) and the knowledge-free end point
+    before = unedited(ctx, metric)
+    plain, plain_retain_u, b, n_plain, gap = before.forget, before.retain_unlearned, before.base, before.end, before.gap
     n_f, n_r, n_sets = len(forget), len(retain), len(feature_sets)
     u_sc = {s: {"accuracy": np.zeros(n_f), "soft": np.zeros(n_f)} for s in scales}
     ctrl = {s: np.zeros((cfg.n_controls, n_f)) for s in scales}
@@ -591,9 +588,9 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
         for e in range(cfg.folds):
             idx_f, idx_r = np.flatnonzero(fold_f == e), np.flatnonzero(fold_r == e)
             delta, mask = replicas("unlearned", e, scales, feature_sets)
-            prep = _Prepared(U, [forget[i] for i in idx_f])
-            met = _metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, delta, mask),
-                                         n_replicas=len(delta)), ctx.temperature("unlearned"))
+            prep = PreparedItems(U, [forget[i] for i in idx_f])
+            met = item_metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, delta, mask),
+                                             n_replicas=len(delta)), ctx.temperature("unlearned"))
             for j, s in enumerate(scales):
                 r0 = j * n_sets
                 for name in ("accuracy", "soft"):
@@ -601,76 +598,41 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
                 ctrl[s][:, idx_f] = met[metric][r0 + 1 : r0 + n_sets]
             if len(idx_r):
                 d1, m1 = replicas("unlearned", e, scales, [concept])
-                prep_r = _Prepared(U, [retain[i] for i in idx_r])
-                ret = _metrics(prep_r.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, d1, m1),
-                                               n_replicas=len(d1)))["accuracy"]
+                prep_r = PreparedItems(U, [retain[i] for i in idx_r])
+                ret = item_metrics(prep_r.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, d1, m1),
+                                                   n_replicas=len(d1)))["accuracy"]
                 for j, s in enumerate(scales):
                     u_ret[s][idx_r] = ret[j]
             bar.advance(1)
 
-    def excess_on(s: float, mf: np.ndarray) -> float:
-        return float(u_sc[s][metric][mf].mean() - np.percentile(ctrl[s][:, mf].mean(1), 95))
+    # choose, for each fold, the scale that does best on the other folds (audit/crossfit.py); ties go to
+    # the earliest candidate, the smallest scale
+    sweep = Sweep(candidates=scales, score={s: u_sc[s][metric] for s in scales},
+                  accuracy={s: u_sc[s]["accuracy"] for s in scales}, controls=ctrl, retain=u_ret,
+                  retain_plain=plain_retain_u, tolerance=cfg.side_effect_tolerance)
+    chosen = sweep.choose(fold_f, fold_r, cfg.folds)
 
-    def drop_on(s: float, mr: np.ndarray) -> float:
-        return float(plain_retain_u[mr].mean() - u_ret[s][mr].mean()) if mr.any() else 0.0
+    oof = sweep.out_of_fold(chosen, fold_f, fold_r)
+    u, ret_st = oof.score, oof.retain
 
-    chosen = []
-    for e in range(cfg.folds):
-        mf, mr = fold_f != e, fold_r != e
-        ok = [s for s in scales if drop_on(s, mr) <= cfg.side_effect_tolerance] or scales
-        chosen.append(max(ok, key=lambda s: (excess_on(s, mf), -s)))
+    def restore(role: str, s: float, e: int) -> Callable[[PreparedItems], Tensor] | None:
+        d1, m1 = replicas(role, e, [s], [concept])
+        if not bool(d1.abs().sum() > 0):  # the model's codes do not differ from B's: no edit
+            return None
+        return lambda prep: prep.logprobs(hook, None, None, cfg.tokens_per_pass, edit=_editor(sae, d1, m1),
+                                          n_replicas=1)
 
-    u = np.zeros(n_f)
-    c_pool = np.zeros((cfg.n_controls, n_f))
-    ret_st = np.zeros(n_r)
-    restored = {role: np.zeros(n_f) for role in ends}
-    for e, s in enumerate(chosen):
-        idx_f = np.flatnonzero(fold_f == e)
-        u[idx_f] = u_sc[s][metric][idx_f]
-        c_pool[:, idx_f] = ctrl[s][:, idx_f]
-        ret_st[fold_r == e] = u_ret[s][fold_r == e]
-        for role in ends:
-            d1, m1 = replicas(role, e, [s], [concept])
-            if not bool(d1.abs().sum() > 0):
-                restored[role][idx_f] = plain[role][metric][idx_f]
-                continue
-            prep = _Prepared(ctx.models[role], [forget[i] for i in idx_f])
-            restored[role][idx_f] = _metrics(prep.logprobs(hook, None, None, cfg.tokens_per_pass,
-                                                           edit=_editor(sae, d1, m1), n_replicas=1),
-                                             ctx.temperature(role))[metric][0]
+    restored = per_fold_scores(ctx, ends, forget, fold_f, chosen, metric, plain, restore)
 
     n_st = np.stack([restored[r] for r in ctx.reference_roles]) if ctx.has_reference else n_plain
-    rec = recovery(b - n_plain + n_st, u, n_st, reading="", min_power=ctx.config.min_power,
-                   n_boot=cfg.n_boot, seed=ctx.seed, clusters=ctx.clusters("forget"))
-    # the estimate that stands in for N without a reference, kept with one too (benchmarks/null_estimate.py)
-    rec.score_null = float(np.mean(ctx.null("forget")))
-    if not ctx.has_reference:
-        rec.end_point = "answer prior"
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ctrl_r = (c_pool.mean(1) - n_st.mean()) / gap if abs(gap) > 1e-9 else np.full(cfg.n_controls, np.nan)
-    threshold = _p(ctrl_r, 95)
-    drop = float(plain_retain_u.mean() - ret_st.mean())
     label = ", ".join(f"×{s:g}" for s in chosen)
-    rec = rec.model_copy(update={
-        "reading": f"SAE feature restoration @ L{layer} (cross-fitted scale {label})",
-        "score_base": float(b.mean()), "score_reference": float(n_st.mean()),
-        "control_threshold": threshold, "excess": rec.value - threshold, "side_effect_ok": drop <= cfg.side_effect_tolerance,
-        "informative": rec.informative and quality["ok"],
-    })
+    rec, ctrl_r, drop = edited_recovery(ctx, base=b, end=n_plain, end_edited=n_st, oof=oof,
+                                        retain_plain=plain_retain_u, tolerance=cfg.side_effect_tolerance,
+                                        n_boot=cfg.n_boot,
+                                        reading=f"SAE feature restoration @ L{layer} (cross-fitted scale {label})")
+    rec = rec.model_copy(update={"informative": rec.informative and quality["ok"]})
 
-    curve = []
-    n0 = float(n_plain.mean())
-    for s in scales:
-        c = ctrl[s].mean(1)
-        su = float(u_sc[s][metric].mean())
-        r_s = (su - n0) / gap if abs(gap) > 1e-9 else float("nan")
-        thr = (_p(c, 95) - n0) / gap if abs(gap) > 1e-9 else float("nan")
-        dr = drop_on(s, np.ones(n_r, dtype=bool))
-        curve.append({"scale": s, "score": su, "accuracy": float(u_sc[s]["accuracy"].mean()),
-                      "control_p5": _p(c, 5), "control_p50": _p(c, 50), "control_p95": _p(c, 95),
-                      "recovery": r_s, "control_threshold": thr, "excess": r_s - thr,
-                      "retain_accuracy": float(u_ret[s].mean()), "retain_drop": dr,
-                      "side_effect_ok": dr <= cfg.side_effect_tolerance})
+    curve = [{"scale": s, **sweep.curve_row(s, float(n_plain.mean()), gap)} for s in scales]
 
     fr_all = (all_codes > 0).float().mean(0).numpy()
     data = {
@@ -685,9 +647,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
         "selectivity": {"forget_mean": float(pf[:, concept].mean()), "retain_mean": float(pr[:, concept].mean())},
         "survival": {"per_feature": survival, "total": total},
         "dose_response": curve,
-        "chosen": [{"fold": e + 1, "scale": s, "n_items": int((fold_f == e).sum()),
-                    "other_folds_score_excess": excess_on(s, fold_f != e),
-                    "other_folds_retain_drop": drop_on(s, fold_r != e)} for e, s in enumerate(chosen)],
+        "chosen": sweep.chosen_rows(chosen, fold_f, fold_r, lambda s: {"scale": s}),
         "restored": {"unlearned": float(u.mean()), **{role: float(restored[role].mean()) for role in ends},
                      "retain_accuracy_unlearned": float(ret_st.mean()), "retain_drop": drop,
                      "control_recoveries": [float(x) for x in ctrl_r]},

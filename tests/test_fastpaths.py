@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 import torch
 
+from audit.intervene import PreparedItems as _Prepared
+from audit.intervene import resumable as _resumable
 from audit.items import KnowledgeItem, load_items
 from audit.models import load_model
-from probes.steering import _Prepared, _resumable
 
 ATOL = 1e-4
 

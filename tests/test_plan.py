@@ -92,7 +92,8 @@ def test_the_counts_are_what_the_lenses_do(tiny, tmp_path, monkeypatch):
         seen["trained"] += int(ids.shape[0])
         return lm_loss(model, ids, mask)
 
-    engine = getattr(probes.steering, "PreparedItems", None) or probes.steering._Prepared
+    from audit.intervene import PreparedItems as engine
+
     logprobs = engine.logprobs
 
     def counted_logprobs(self, site, add, abl, tokens_per_pass, edit=None, n_replicas=None, **k):

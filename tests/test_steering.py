@@ -144,7 +144,7 @@ def test_controls_of_the_default_runs_never_count(steer):
 
 
 def test_deterministic_under_a_seed_and_json_round_trip(steer, suite):
-    from probes.steering import _folds
+    from audit.crossfit import subject_folds as _folds
 
     a = steer("subject_offset", **LIGHT)
     b = steer("subject_offset", fresh=True, **LIGHT)
@@ -169,7 +169,7 @@ def test_folds_split_by_subject(steer, suite):
 
 def test_batched_scorer_agrees_with_score_items(suite, base_model):
     """The lens's batched scorer reads the same log-probs as the shared scorer, also for multi-token answers."""
-    from probes.steering import _Prepared
+    from audit.intervene import PreparedItems as _Prepared
 
     forget = load_items(suite / "forget.jsonl")[:6]
     multi = [KnowledgeItem(id=f"m{i}", prompt=it.prompt, answer=f"{it.answer} {it.distractors[0]}",
