@@ -162,9 +162,11 @@ class LoadedModel:
     n_layers: int = field(init=False)
     d_model: int = field(init=False)
     n_params: int = field(init=False)
+    architecture: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.config = self._hf.config
+        self.architecture = (self.config.architectures or [type(self._hf).__name__])[0]
         self.n_layers = int(self._bridge.cfg.n_layers)
         self.d_model = int(self._bridge.cfg.d_model)
         self.n_params = int(sum(p.numel() for p in self._hf.parameters()))
@@ -205,11 +207,9 @@ class LoadedModel:
         return self.bridge(ids, attention_mask=mask, return_type="logits")
 
     def info(self) -> dict[str, Any]:
-        cfg = self.config
         return {
-            "role": self.role, "path": self.path, "hash": self.hash,
-            "architecture": (cfg.architectures or [type(self._hf).__name__ if self._hf is not None else "?"])[0],
-            "model_type": cfg.model_type, "n_layers": self.n_layers, "d_model": self.d_model,
+            "role": self.role, "path": self.path, "hash": self.hash, "architecture": self.architecture,
+            "model_type": self.config.model_type, "n_layers": self.n_layers, "d_model": self.d_model,
             "n_params": self.n_params, **self.meta,
         }
 

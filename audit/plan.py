@@ -45,9 +45,6 @@ and MLP inputs, norms, the MLP's wide hidden state; Korthikanti et al. 2022 coun
 bytes × d_model in fp16)."""
 ADAPTER_BYTES = 16
 """Bytes per LoRA adapter weight while training: fp32 weight, gradient and AdamW's two moments."""
-RESUMABLE = frozenset({"llama", "mistral", "qwen2", "qwen3", "gpt2"})
-"""Model types whose steering and SAE edits resume from the cached residual (the
-intervention engine's resumed forward); others run every replica through the whole model."""
 STEERING_LOGIT_ELEMENTS = 1 << 28
 """The steering engine bounds one pass to this many logits (tokens × vocabulary)."""
 
@@ -67,6 +64,9 @@ class ModelFacts:
     kv_width: int
     """Width of one layer's keys (and of its values): ``d_model`` × key/value heads / heads."""
     model_type: str = "llama"
+    resumable: bool = True
+    """Whether steering and SAE edits resume from the cached residual
+    (:func:`audit.intervene.resumable`); otherwise every replica runs the whole model."""
     embed_hook: bool = True
     """Whether the model exposes ``hook_embed`` (the steering lens's embedding site)."""
     lora_shapes: tuple[tuple[int, int], ...] = ()
@@ -74,9 +74,6 @@ class ModelFacts:
     largest_linear: int = 0
     """Weights of the largest linear layer (quantization edits one at a time)."""
 
-    @property
-    def resumable(self) -> bool:
-        return self.model_type in RESUMABLE
 
 
 @dataclass(frozen=True)
@@ -761,6 +758,8 @@ def model_facts(model: LoadedModel) -> ModelFacts:
     """The shape of a loaded model."""
     from torch import nn
 
+    from audit.intervene import resumable
+
     hf = model.hf
     cfg = hf.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_head", None)
@@ -768,10 +767,11 @@ def model_facts(model: LoadedModel) -> ModelFacts:
     head = hf.get_output_embeddings() if hasattr(hf, "get_output_embeddings") else None
     linears = [m for m in hf.modules() if isinstance(m, nn.Linear)]
     return ModelFacts(
-        n_params=int(sum(p.numel() for p in hf.parameters())), n_layers=model.n_layers, d_model=model.d_model,
+        n_params=model.n_params, n_layers=model.n_layers, d_model=model.d_model,
         d_vocab=int(model.bridge.cfg.d_vocab),
         kv_width=model.d_model * int(kv_heads) // int(heads) if heads and kv_heads else model.d_model,
-        model_type=str(getattr(cfg, "model_type", "")), embed_hook="hook_embed" in model.bridge.hook_dict,
+        model_type=str(getattr(cfg, "model_type", "")), resumable=resumable(model) is not None,
+        embed_hook="hook_embed" in model.bridge.hook_dict,
         lora_shapes=tuple((m.out_features, m.in_features) for m in linears if m is not head),
         largest_linear=max((m.weight.numel() for m in linears), default=0))
 
