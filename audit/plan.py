@@ -844,10 +844,10 @@ def make_plan(config: AuditConfig, *, measure: bool = True) -> Plan:
 def _make_plan(config: AuditConfig, measure: bool) -> Plan:
     import gc
 
-    from audit.adapters import prepare_for_model
     from audit.context import PRIOR_PLACEHOLDERS
     from audit.models import load_model
     from audit.policy import load_policy
+    from audit.prepare import prepare_for_model
     from audit.registry import expand_lenses, get_lens
     from audit.run import load_items
     from audit.scoring import encode_items

@@ -10,20 +10,21 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from audit.adapters import prepare_for_model
 from audit.caveats import NO_REFERENCE, NO_REFERENCE_VERDICT
 from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.errors import InputError, LensError, one_line
-from audit.items import ItemSet, items_hash, load_item_set
+from audit.items import ItemSet, items_hash
 from audit.models import Residency, check_compatible, check_context_window, load_model
 from audit.policy import Policy, evaluate, load_policy
+from audit.prepare import prepare_for_model
 from audit.progress import log as logger
 from audit.quiet import CaughtWarnings, quiet_warnings
 from audit.registry import LensSpec, expand_lenses, get_lens
 from audit.resume import PartialStore, lens_key
 from audit.schema import AuditLog, ItemSetInfo, LensResult, ModelInfo, write_log
 from audit.scoring import candidate_token_ids, encode_items
+from audit.sources import load_item_set
 from audit.verdict import decide, group_verdicts, retain_utility
 
 _LIBS = ("torch", "transformers", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "plotly", "pydantic")
@@ -265,6 +266,13 @@ def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs
         key = lens_key(spec.name, lens_cfgs[spec.name].model_dump(mode="json"), *key_parts)
         saved = store.load(spec.name, key, spec.version) if config.resume else None
         if saved is not None:
+            try:
+                spec.check_data(saved)
+            except ValueError as e:
+                logger.warning("lens %s: saved result does not fit the lens's data model (%s); recomputing",
+                               spec.name, e)
+                saved = None
+        if saved is not None:
             logger.info("resumed lens %s (completed in an earlier run with the same inputs)", spec.name)
             results[spec.name] = saved
             timings[f"lens:{spec.name}"] = saved.seconds
@@ -272,6 +280,11 @@ def _audit(config: AuditConfig, policy: Policy, specs: list[LensSpec], lens_cfgs
         t = time.perf_counter()
         try:
             res = spec.fn(ctx, lens_cfgs[spec.name])
+            # what the lens wrote must fit its data model, so the verdict and the report can read
+            # it; a result that does not is a bug, recorded as the lens's error
+            extra = spec.check_data(res)
+            if extra:
+                logger.warning("lens %s wrote keys its data model does not declare: %s", spec.name, ", ".join(extra))
         except LensError as e:
             res = LensResult(name=spec.name, config=lens_cfgs[spec.name].model_dump(), error=str(e))
         except InputError:

@@ -159,6 +159,13 @@ class ItemSetInfo(BaseModel):
     """Items dropped from scoring because the base model does not know them."""
     notes: list[str] = Field(default_factory=list)
     """How the set was built (adapter choices, sampling, dropped items)."""
+    hub_id: str | None = None
+    """A hub dataset the set was read from (``org/name``), the ``revision`` asked (or the
+    branch it was resolved through), the dataset repository's ``commit`` the data was
+    prepared from, and its ``config``; ``None`` for local files."""
+    revision: str | None = None
+    commit: str | None = None
+    config: str | None = None
 
 
 class AuditLog(BaseModel):

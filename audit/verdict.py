@@ -31,6 +31,21 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from audit.caveats import NO_REFERENCE, NO_REFERENCE_VERDICT
+from audit.lensdata import (
+    BehaviorData,
+    LeakAtKConfig,
+    LensConfig,
+    LensData,
+    LinearProbeConfig,
+    LogitLensData,
+    QuantizationConfig,
+    RelearnConfig,
+    RelearnData,
+    SAELensConfig,
+    SteeringConfig,
+    lens_data,
+    models_for,
+)
 from audit.schema import Evidence, LensResult, Recovery, Verdict
 
 REQUIRED_FOR_DELETED = ("linear_probe", "relearn", "quantization")
@@ -91,24 +106,28 @@ def _list(xs: list[Any]) -> str:
 
 def budget(res: LensResult) -> str:
     """What a lens tried, in a few words (steps, bits, scales, samples ...), from its config."""
-    c = res.config
-    name = res.name
-    if name == "relearn":
-        if res.data.get("method") == "lora":
-            how = f"LoRA rank {res.data.get('lora', {}).get('rank')} at lr {res.data.get('lr')}"
+    cls = models_for(res.name)[0]
+    if cls is LensConfig:  # a lens outside audit.lensdata: its config is not known here
+        return "default settings"
+    c = cls.model_validate(res.config)
+    if isinstance(c, RelearnConfig):
+        d = lens_data(res, RelearnData)
+        if d.method == "lora":
+            how = f"LoRA rank {d.lora.rank if d.lora else None} at lr {d.lr}"
         else:
-            how = f"lr {c.get('lr')}"
-        return f"{_list(c.get('steps', []))} steps at {how}, {c.get('seeds', 1)} seed(s)"
-    if name == "quantization":
-        return f"{_list(c.get('bits', []))} bits ({_list(c.get('schemes', []))})"
-    if name in ("steering", "sae"):
-        extra = f", ≤ {c['max_layers']} sites" if name == "steering" and "max_layers" in c else ""
-        return f"scales {_list(c.get('scales', []))}{extra}, {c.get('n_controls', '?')} controls"
-    if name == "leak_at_k":
-        return f"{c.get('n')} samples at T={c.get('temperature')}"
-    if name == "linear_probe":
-        return f"{c.get('position', 'last')}-token probes, every layer"
-    if name == "logit_lens":
+            how = f"lr {c.lr}"
+        return f"{_list(c.steps)} steps at {how}, {c.seeds} seed(s)"
+    if isinstance(c, QuantizationConfig):
+        return f"{_list(c.bits)} bits ({_list(c.schemes)})"
+    if isinstance(c, SteeringConfig):
+        return f"scales {_list(c.scales)}, ≤ {c.max_layers} sites, {c.n_controls} controls"
+    if isinstance(c, SAELensConfig):
+        return f"scales {_list(c.scales)}, {c.n_controls} controls"
+    if isinstance(c, LeakAtKConfig):
+        return f"{c.n} samples at T={c.temperature}"
+    if isinstance(c, LinearProbeConfig):
+        return f"{c.position}-token probes, every layer"
+    if res.name == "logit_lens":
         return "every layer"
     return "default settings"
 
@@ -116,10 +135,12 @@ def budget(res: LensResult) -> str:
 def retain_drop(lenses: dict[str, LensResult]) -> float | None:
     """Retain-score drop of U vs B (from the behavior lens), or None if unknown."""
     beh = lenses.get("behavior")
-    if beh is None or beh.error or "retain" not in beh.data:
+    if beh is None or beh.error:
         return None
-    r = beh.data["retain"]
-    return float(r["base"]["score"] - r["unlearned"]["score"])
+    r = lens_data(beh, BehaviorData).retain
+    if not r:
+        return None
+    return float(r["base"].score - r["unlearned"].score)
 
 
 def _has_reference(recs: list[Recovery]) -> bool:
@@ -143,8 +164,8 @@ def trunk_stand_in(lenses: dict[str, LensResult]) -> tuple[bool, str]:
     if any(r.informative and r.reading.startswith("base head") for r in ll.recoveries):
         return True, ("the linear probe is uninformative; the logit lens stands in: B's head reads U and "
                       "references in B's basis at every layer")
-    u = (ll.data.get("base_head_basis") or {}).get("unlearned") or {}
-    if u.get("outside_every_layer"):
+    u = lens_data(ll, LogitLensData).base_head_basis.get("unlearned")
+    if u is not None and u.outside_every_layer:
         return True, ("the linear probe is uninformative; the logit lens stands in: U shares no layer with B "
                       "(at every layer B's head reads U's retain answers at under half of what it reads from B's own), so U's "
                       "own head reads U's own trunk")
@@ -298,10 +319,25 @@ def retain_utility(lenses: dict[str, LensResult], th: Thresholds | None = None) 
     beh = lenses.get("behavior")
     if beh is None or beh.error:
         return {}
-    r = beh.data["retain"]
-    drop = r["base"]["score"] - r["unlearned"]["score"]
-    return {"base": r["base"]["score"], "unlearned": r["unlearned"]["score"], "drop": drop,
+    r = lens_data(beh, BehaviorData).retain
+    drop = r["base"].score - r["unlearned"].score
+    return {"base": r["base"].score, "unlearned": r["unlearned"].score, "drop": drop,
             "collapsed": drop > th.retain_collapse}
+
+
+def without_per_item(lenses: dict[str, LensResult], data: dict[str, LensData] | None = None) -> dict[str, str]:
+    """Lenses whose readings count toward the forget-set verdict but that kept no per-item
+    scores for any of them, so group verdicts cannot re-score them: lens -> why (its data
+    model's ``no_per_item``, or that this run kept none)."""
+    out = {}
+    for name, res in lenses.items():
+        if res.error is not None or not res.recoveries:
+            continue
+        d = data[name] if data is not None and name in data else lens_data(res)
+        pi = d.per_item
+        if pi is None or not any(r.reading in pi.readings for r in res.recoveries):
+            out[name] = type(d).no_per_item or "it kept no per-item scores in this run"
+    return out
 
 
 def group_verdicts(
@@ -311,16 +347,20 @@ def group_verdicts(
 ) -> list[Verdict]:
     """Verdicts per concept group, from the per-item readings lenses keep.
 
-    Each lens's readings with per-item scores (``data["per_item"]``) are re-scored on the
-    group's items; control thresholds carry over from the whole set. Every reference's
-    per-item scores are used (``reference``, ``reference_2`` ...); without one, the lens's
-    own stored ``null`` end point, else ``null`` (the answer-prior estimate). Readings
-    without per-item scores do not enter group verdicts.
+    Each lens's readings with per-item scores (its data model's ``per_item``) are re-scored
+    on the group's items; control thresholds carry over from the whole set. Every
+    reference's per-item scores are used (``reference``, ``reference_2`` ...); without one,
+    the lens's own stored ``null`` end point, else ``null`` (the answer-prior estimate).
+    Readings without per-item scores do not enter group verdicts; a lens with recoveries but
+    none of them per item is named in each group's reason (:func:`without_per_item`).
     """
     import numpy as np
 
     from audit.stats import recovery
 
+    data: dict[str, LensData] = {name: lens_data(res) for name, res in lenses.items() if res.error is None}
+    missing = without_per_item(lenses, data)
+    unread = "; ".join(f"{n} ({why})" for n, why in sorted(missing.items()))
     out = []
     for scope, ids in groups.items():
         sub: dict[str, LensResult] = {}
@@ -328,14 +368,14 @@ def group_verdicts(
             if res.error is not None:  # carried over so the group's reason names the failure
                 sub[name] = res
                 continue
-            pi = res.data.get("per_item")
-            if not pi:
+            pi = data[name].per_item
+            if pi is None or not pi.ids:
                 continue
-            index = {i: k for k, i in enumerate(pi["ids"])}
+            index = {i: k for k, i in enumerate(pi.ids)}
             rows = [index[i] for i in ids if i in index]
             recs = []
             for r in res.recoveries:
-                per = pi["readings"].get(r.reading)
+                per = pi.readings.get(r.reading)
                 if per is None or not rows:
                     continue
                 refs = sorted(k for k in per if k == "reference" or k.startswith("reference_"))
@@ -344,8 +384,8 @@ def group_verdicts(
                 elif "null" in per:
                     n = np.array([per["null"][j] for j in rows], dtype=float)
                 else:
-                    n = np.array([null[pi["ids"][j]] for j in rows], dtype=float)
-                cl = [clusters.get(pi["ids"][j]) for j in rows] if clusters else None
+                    n = np.array([null[pi.ids[j]] for j in rows], dtype=float)
+                cl = [clusters.get(pi.ids[j]) for j in rows] if clusters else None
                 g = recovery(np.array([per["base"][j] for j in rows], dtype=float),
                              np.array([per["unlearned"][j] for j in rows], dtype=float), n,
                              reading=r.reading, min_power=min_power, seed=seed, clusters=cl)
@@ -355,6 +395,7 @@ def group_verdicts(
                 recs.append(g)
             sub[name] = res.model_copy(update={"recoveries": recs})
         v = decide(sub, th, scope=scope)
-        v.reason += " (group verdict: lenses with per-item readings only)"
+        v.reason += " (group verdict: lenses with per-item readings only"
+        v.reason += f"; not re-scored per group: {unread})" if unread else ")"
         out.append(v)
     return out

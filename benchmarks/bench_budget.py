@@ -187,9 +187,9 @@ def _counts(log, models, items) -> dict[str, dict[str, float]]:
 
 def run(quick: bool = False) -> Section:
     from audit.config import AuditConfig
-    from audit.items import load_items
     from audit.models import load_model
     from audit.run import run as audit_run
+    from audit.sources import load_items
 
     sec = Section()
     o = organisms_dir()

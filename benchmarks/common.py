@@ -87,7 +87,8 @@ def fit_exponent(xs: list[float], ys: list[float]) -> float:
 
 def load_items_scaled(n: int, which: str = "forget"):
     """``n`` items of the organism world, cycling through the set with fresh ids and subjects."""
-    from audit.items import KnowledgeItem, load_items
+    from audit.items import KnowledgeItem
+    from audit.sources import load_items
 
     base = load_items(organisms_dir() / f"{which}.jsonl")
     out = []
@@ -138,8 +139,8 @@ def random_llama(name: str, *, d_model: int, n_layers: int, n_heads: int, d_mlp:
 def smollm2_dir() -> Path | None:
     """The cached SmolLM2-135M-Instruct HF checkpoint, if it was fetched (``make smollm2``)."""
     try:
+        from audit.lab.realmodel import GGUF_NAME, smollm2_cache
         from audit.models import content_hash
-        from audit.realmodel import GGUF_NAME, smollm2_cache
     except ImportError:
         return None
     gguf = smollm2_cache() / GGUF_NAME

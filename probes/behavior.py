@@ -5,22 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from audit.context import AuditContext
-from audit.registry import LensConfig, register_lens
+from audit.lensdata import BehaviorConfig, BehaviorData
+from audit.registry import register_lens
 from audit.schema import LensResult
 from audit.scoring import candidate_logprobs_to_result, soft_share
 from audit.verdict import RANKING_PRIOR_REMOVED
 
 
-class BehaviorConfig(LensConfig):
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
-    prior_calibration: bool = True
-    """Read the ranking on candidate log-probs minus the model's own with the item's subject
-    replaced by names no model saw (its prior over answer values), so a prior alone earns
-    chance. Items that name no subject in their prompt are read as they are."""
-
-
-@register_lens("behavior", BehaviorConfig, "ranking of the answer among candidates, and greedy exact match")
+@register_lens("behavior", BehaviorConfig, BehaviorData, "ranking of the answer among candidates, and greedy exact match")
 def behavior(ctx: AuditContext, cfg: BehaviorConfig) -> LensResult:
     """Ranking and greedy recovery of U on forget items; retain scores beside them."""
     data: dict = {"forget": {}, "retain": {}, "items": []}

@@ -25,16 +25,13 @@ from one seeded generator.
 
 from __future__ import annotations
 
-import re
 import time
-import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Int
-from pydantic import Field, field_validator
 from scipy.special import comb
 from torch import Tensor
 from transformers.generation.logits_process import (
@@ -47,40 +44,19 @@ from audit.context import AuditContext
 from audit.corpus import plain_hf
 from audit.errors import LensError
 from audit.items import KnowledgeItem
+from audit.lensdata import (  # the matchers live beside the config that validates their names
+    MATCHERS,
+    LeakAtKConfig,
+    LeakAtKData,
+    Matcher,
+    normalize,  # noqa: F401
+    normalized_match,  # noqa: F401
+    register_matcher,  # noqa: F401
+)
 from audit.progress import progress
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult
 from audit.scoring import encode_continuation, encode_prompt, pad_id_of
-
-Matcher = Callable[[str, KnowledgeItem], bool]
-"""``(completion, item) -> leaked?``: judges one sampled continuation."""
-
-MATCHERS: dict[str, Matcher] = {}
-
-
-def register_matcher(name: str):
-    """Register a matcher under ``name`` (an NLI or embedding judge can be added this way)."""
-
-    def deco(fn: Matcher) -> Matcher:
-        MATCHERS[name] = fn
-        return fn
-
-    return deco
-
-
-def normalize(text: str) -> str:
-    """Lower-case, NFKC, punctuation to spaces, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.sub(r"[^\w]+", " ", text).split())
-
-
-@register_matcher("normalized")
-def normalized_match(completion: str, item: KnowledgeItem) -> bool:
-    """The normalised answer occurs in the normalised completion as whole words."""
-    ans = normalize(item.answer)
-    if not ans:
-        return False
-    return re.search(rf"(?<!\w){re.escape(ans)}(?!\w)", normalize(completion)) is not None
 
 
 def leak_at_k(n: int, c: np.ndarray | Sequence[int] | int, k: int) -> np.ndarray:
@@ -128,32 +104,6 @@ def leak_contrast(n: int, counts: Sequence[np.ndarray], k: int) -> np.ndarray:
     expectation for a model whose samples do not single out the true answer)."""
     ans, dis = candidate_leaks(n, counts, k)
     return ans - dis
-
-
-class LeakAtKConfig(LensConfig):
-    n: int = Field(32, ge=1)
-    """Samples per forget prompt."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature."""
-    top_p: float = Field(1.0, gt=0, le=1)
-    """Nucleus sampling mass (1.0: the full distribution)."""
-    ks: list[int] | None = None
-    """k values to report (default 1, 2, 4, ..., n)."""
-    max_new_tokens: int | None = Field(None, ge=1)
-    """Tokens sampled per continuation (default: the longest answer's tokens + 2)."""
-    matcher: str = "normalized"
-    """Registered matcher judging whether a sample contains the answer."""
-    max_batch_sequences: int = Field(1024, ge=1)
-    """Continuations sampled together in one batch (prompts × n)."""
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
-
-    @field_validator("matcher")
-    @classmethod
-    def _known_matcher(cls, v: str) -> str:
-        if v not in MATCHERS:
-            raise ValueError(f"unknown matcher '{v}'; available: {', '.join(sorted(MATCHERS))}")
-        return v
 
 
 @torch.no_grad()
@@ -244,7 +194,7 @@ def _max_candidate_tokens(tokenizer, items: Sequence[KnowledgeItem]) -> int:
 CONTRAST = "answer − distractors"
 
 
-@register_lens("leak_at_k", LeakAtKConfig,
+@register_lens("leak_at_k", LeakAtKConfig, LeakAtKData,
                "answer leaks among n sampled continuations, against the distractors' leaks (unbiased leak@k)")
 def leak_at_k_lens(ctx: AuditContext, cfg: LeakAtKConfig) -> LensResult:
     """leak@k contrast (answer − mean distractor) of B, U and every reference on forget

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import Callable, Sequence
-from typing import Literal
+from functools import partial
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
@@ -43,59 +43,14 @@ from sklearn.preprocessing import StandardScaler
 
 from audit.activations import capture_candidates, capture_last_tokens
 from audit.context import AuditContext
-from audit.items import KnowledgeItem
-from audit.registry import LensConfig, register_lens
+from audit.items import KnowledgeItem, items_hash
+from audit.lensdata import LinearProbeConfig, LinearProbeData
+from audit.models import LoadedModel, cached_json
+from audit.registry import register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import candidate_token_ids, encode_prompt
 
 METRICS = ("accuracy", "soft")
-
-
-class LinearProbeConfig(LensConfig):
-    C: float = 1.0
-    """Inverse L2 regularisation strength of the logistic regression."""
-    folds: int = 5
-    """Folds for cross-fitting within forget items (grouped by subject)."""
-    position: str = "last"
-    """Classifier activation read-out: ``last`` prompt token or ``mean`` over prompt tokens
-    (the truth probe always reads the last token of ``prompt + candidate``)."""
-    n_shuffles: int = 5
-    """Shuffled-label control probes per scheme."""
-    max_iter: int = 2000
-    """Solver iterations."""
-    metric: str = "soft"
-    """Per-item score behind recovery: ``soft`` (the answer's share of the probe's
-    probability over the item's candidates; far less noisy near chance) or ``accuracy``
-    (1 if the answer outranks every distractor). Per-layer curves show both."""
-    read_out: Literal["auto", "classifier", "truth_probe"] = "auto"
-    """``auto``: the classifier on closed answer sets (see ``min_closed_share``), the truth
-    probe otherwise; or force one."""
-    min_closed_share: float = 0.8
-    """``auto`` uses the classifier for a scheme when at least this share of the scored
-    forget items have an answer value that the scheme's training items also have as
-    answer (and every training side holds two or more values)."""
-    truth_fit: Literal["logistic", "mean_diff"] = "logistic"
-    """How the truth probe's direction is fit: logistic regression on standardised
-    features, or the difference of the true and false means of the standardised features
-    (with a softmax temperature fit on the training items)."""
-    truth_features: Literal["both", "candidate", "interaction"] = "both"
-    """Truth-probe features: ``candidate``, the activation at the last token of ``prompt +
-    candidate`` (where a model that represents truth writes it); ``interaction``, the
-    prompt's last-token activation times the candidate's input embedding (what the prompt
-    predicts about the candidate; needs no forward per candidate); ``both`` concatenated."""
-    truth_center: bool = True
-    """Centre each item's candidate activations on their mean, so the probe reads what
-    tells an item's candidates apart rather than which item it is."""
-    max_label_history: float = 0.2
-    """Truth probe: a scheme is skipped when on more than this share of the scored items a
-    candidate value is labelled one way only among the training rows (only ever an answer,
-    or only ever a distractor). Cross-fitting on forget items whose distractors are other
-    forget items' answers (capitals of one region) is like that: the probe would learn each
-    value's label history, which reads *below* chance; distractors drawn from a fixed pool
-    lift every model, a never-trained one included, far above it."""
-    max_items: int = 300
-    """Truth probe cost bound: at most this many forget items are scored and this many
-    retain items fit on (a seeded subsample; each item costs one forward per candidate)."""
 
 
 # ---------------------------------------------------------------------------- classifier
@@ -296,8 +251,25 @@ def _truth_fit(
 
 # ---------------------------------------------------------------------------- the lens
 
+PROBE_CACHE_VERSION = "probe-reads-1"
+"""Bump when a change to the probe fits changes what a reading holds (invalidates the cache)."""
 
-@register_lens("linear_probe", LinearProbeConfig,
+Reads = dict[str, list[dict[str, np.ndarray]]]
+
+
+def _cached_reads(model: LoadedModel, parts: list[str], compute: Callable[[], Reads]) -> Reads:
+    """``compute()`` (per scheme, per layer, per metric: the items' scores) of one model,
+    through :func:`audit.models.cached_json` (NaN, an unscored item, is stored as null)."""
+    return cached_json(
+        model, "linear_probe", parts, compute,
+        lambda out: {s: [{m: [None if not np.isfinite(x) else float(x) for x in v] for m, v in per.items()}
+                         for per in layers] for s, layers in out.items()},
+        lambda d: {s: [{m: np.array([np.nan if x is None else x for x in v], dtype=float) for m, v in per.items()}
+                       for per in layers] for s, layers in d.items()})
+
+
+
+@register_lens("linear_probe", LinearProbeConfig, LinearProbeData,
                "linear probes per layer: answer classifier on closed sets, contrastive truth probe on open answers")
 def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     """Per-layer probe knowledge score on B, U, N for both schemes, with shuffled controls."""
@@ -484,10 +456,20 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     per_layer: dict[str, dict[str, list[float | None]]] = {f"{s}_{m}": {r: [] for r in roles} for s in readers for m in METRICS}
     correct: dict[tuple[str, str, int], np.ndarray] = {}
     scored: dict[str, np.ndarray] = {}
+    # each model's own probe readings depend on nothing but its checkpoint, the items and the
+    # settings: cached on disk, so B's and N's fits are made once for every U audited against them
+    parts = [PROBE_CACHE_VERSION, items_hash(forget), items_hash(retain), read_out, repr(tuple(readers)), str(L),
+             str(ctx.seed), str(ctx.config.batch_size), repr(rows_f.tolist()),
+             cfg.model_copy(update={"n_shuffles": 0}).model_dump_json()]
+
+    def own_reads(role: str) -> Reads:
+        return {s: [read(role, layer, None) for layer in range(L)] for s, read in readers.items()}
+
     for role in roles:
+        reads = _cached_reads(ctx.models[role], parts, partial(own_reads, role))
         for layer in range(L):
-            for s, read in readers.items():
-                c = read(role, layer, None)
+            for s in readers:
+                c = reads[s][layer]
                 ok = np.isfinite(c[cfg.metric])
                 scored.setdefault(s, ok)
                 correct[(s, role, layer)] = c[cfg.metric]
@@ -512,9 +494,12 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
         """Shuffled-label probes on U at ``layer``: their recovery's 95th percentile."""
         ctrl = []
         ok = scored[scheme]
+        shuffled = _cached_reads(
+            ctx.models["unlearned"], [*parts, f"control {scheme} {layer} {cfg.n_shuffles}"],
+            lambda: {"control": [readers[scheme]("unlearned", layer, np.random.default_rng(ctx.seed + 1000 + k))
+                                 for k in range(cfg.n_shuffles)]})["control"]
         for k in range(cfg.n_shuffles):
-            c = readers[scheme]("unlearned", layer, np.random.default_rng(ctx.seed + 1000 + k))[cfg.metric]
-            c = c[ok]
+            c = shuffled[k][cfg.metric][ok]
             if np.isfinite(c).all():
                 ctrl.append((c.mean() - r.score_reference) / max(1e-9, r.score_base - r.score_reference))
         if ctrl:

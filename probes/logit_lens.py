@@ -29,20 +29,12 @@ from audit.activations import resid_hooks
 from audit.batching import run_batched
 from audit.context import AuditContext
 from audit.errors import LensError
+from audit.lensdata import LogitLensConfig, LogitLensData
 from audit.models import LoadedModel
 from audit.progress import progress
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import candidate_token_ids, check_finite, encode_prompt, pad_batch, pad_id_of
-
-
-class LogitLensConfig(LensConfig):
-    top_k: int = 4
-    """k of gold-in-top-k over the whole vocabulary (on the answer's first token)."""
-    metric: str = "soft"
-    """Per-item score behind recovery: ``soft`` (answer's share of probability among the
-    candidates, each scored by its summed token log-prob through the layer) or
-    ``accuracy`` (answer ranked above every distractor)."""
 
 
 @dataclass
@@ -264,7 +256,7 @@ def base_basis(ctx: AuditContext, cfg: LogitLensConfig) -> tuple[dict[str, dict[
                  "retain only, makes them count")
 
 
-@register_lens("logit_lens", LogitLensConfig, "each layer's residual through the final norm and unembedding")
+@register_lens("logit_lens", LogitLensConfig, LogitLensData, "each layer's residual through the final norm and unembedding")
 def logit_lens(ctx: AuditContext, cfg: LogitLensConfig) -> LensResult:
     """Per-layer candidate log-probs (teacher-forced), knowledge score and gold-in-top-k on B, U, N."""
     forget = ctx.items["forget"]

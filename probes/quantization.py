@@ -26,18 +26,17 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from pydantic import Field
 from torch import Tensor, nn
 
 from audit.context import AuditContext
 from audit.errors import LensError
+from audit.lensdata import QuantizationConfig, QuantizationData
 from audit.models import LoadedModel
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, score_items
 
@@ -83,14 +82,26 @@ def quantize_rtn(
         raise ValueError(f"quantize_rtn expects a 2-D weight, got shape {tuple(w.shape)}")
     if not 2 <= bits <= 8:
         raise ValueError(f"bits must be in 2..8, got {bits}")
-    x = w.detach().float()
-    n_out, n_in = x.shape
+    n_out, n_in = w.shape
     g = n_in if group_size <= 0 else min(group_size, n_in)
     full = (n_in // g) * g
-    parts = [_rtn_rows(x[:, :full].reshape(-1, g), bits, symmetric).reshape(n_out, full)]
-    if full < n_in:
-        parts.append(_rtn_rows(x[:, full:], bits, symmetric))
-    return torch.cat(parts, 1).to(w.dtype)
+    out = torch.empty_like(w, memory_format=torch.contiguous_format)
+    # a block of rows at a time (every group lies within a row, so the result is the same):
+    # the temporaries of a 128k-token unembedding stay a few MiB, not several copies of it
+    for i in range(0, n_out, _block_rows(n_in)):
+        x = w[i : i + _block_rows(n_in)].detach().float()
+        out[i : i + len(x), :full] = _rtn_rows(x[:, :full].reshape(-1, g), bits, symmetric).reshape(len(x), full)
+        if full < n_in:
+            out[i : i + len(x), full:] = _rtn_rows(x[:, full:], bits, symmetric)
+    return out
+
+
+BLOCK_ELEMENTS = 1 << 22
+"""Weights handled at once when a matrix is quantized and its error measured (16 MiB in fp32)."""
+
+
+def _block_rows(n_in: int) -> int:
+    return max(1, BLOCK_ELEMENTS // max(1, n_in))
 
 
 @torch.no_grad()
@@ -110,9 +121,14 @@ def quantize_linears(model: nn.Module, quantizer: Quantizer) -> dict[str, float]
         seen.add(id(mod.weight))
         w = mod.weight
         q = quantizer(w).to(w.device, w.dtype)
-        d = (q - w).double()
-        e2, t2 = float(d.pow(2).sum()), float(w.double().pow(2).sum())
-        err2, tot2, abs_err = err2 + e2, tot2 + t2, abs_err + float(d.abs().sum())
+        e2 = t2 = 0.0
+        step = _block_rows(w.shape[-1])
+        for i in range(0, len(w), step):  # in blocks of rows: no float64 copy of a whole matrix
+            d = (q[i : i + step] - w[i : i + step]).double()
+            e2 += float(d.pow(2).sum())
+            t2 += float(w[i : i + step].double().pow(2).sum())
+            abs_err += float(d.abs().sum())
+        err2, tot2 = err2 + e2, tot2 + t2
         worst = max(worst, math.sqrt(e2 / t2) if t2 > 0 else 0.0)
         n_mat, n_w = n_mat + 1, n_w + w.numel()
         w.copy_(q)
@@ -146,24 +162,6 @@ def bnb_quantizers(blocksize: int = 64) -> tuple[dict[str, Quantizer], str | Non
         return bnbf.int8_vectorwise_dequant(q, stats).to(w.device, w.dtype)
 
     return {"bnb int8": int8, "bnb nf4": partial(four_bit, "nf4"), "bnb fp4": partial(four_bit, "fp4")}, None
-
-
-class QuantizationConfig(LensConfig):
-    metric: Literal["soft", "accuracy"] = "soft"
-    """Per-item score behind recovery: ``soft`` (the answer's probability share among
-    its candidates; far less noisy near chance) or ``accuracy`` (answer ranked first)."""
-    bits: list[Annotated[int, Field(ge=2, le=8)]] = [8, 4, 3]
-    """Bit widths of round-to-nearest quantization."""
-    schemes: list[Literal["sym", "asym"]] = ["sym", "asym"]
-    """``sym``: absmax scale, zero at 0; ``asym``: min-max scale with a zero point."""
-    group_size: int = 128
-    """Weights per group along each row's inputs (``<= 0``: one group per row)."""
-    bitsandbytes: bool = True
-    """Also run bitsandbytes int8 / NF4 / FP4 where CUDA and bitsandbytes are available."""
-    bnb_blocksize: int = 64
-    """Block size of bitsandbytes' 4-bit quantizers (its default)."""
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
 
 
 def _forward_of(model: nn.Module) -> Callable[[Tensor, Tensor], Tensor]:
@@ -255,7 +253,7 @@ def quantized(model: LoadedModel, quantizer: Quantizer, sources: dict[str, tuple
         restore_weights(model, sources)
 
 
-@register_lens("quantization", QuantizationConfig, "knowledge score after weight-only quantization (RTN, bitsandbytes)")
+@register_lens("quantization", QuantizationConfig, QuantizationData, "knowledge score after weight-only quantization (RTN, bitsandbytes)")
 def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
     """Ranking recovery of U under each quantization setting, with quantized B and N as end points."""
     t0 = time.perf_counter()

@@ -31,22 +31,22 @@ import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from audit.context import AuditContext
 from audit.errors import LensError
 from audit.items import KnowledgeItem, items_hash
+from audit.lensdata import LoraSettings, RelearnConfig, RelearnData
 from audit.models import LoadedModel, cached_json
 from audit.progress import progress
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult, Recovery
 from audit.scoring import ScoreResult, encode_items, encode_prompt, score_items
-from audit.unlearning import batches, lm_loss
+from audit.training import batches, lm_loss
 
 RELEARN_CACHE_VERSION = "1"
 """Part of every relearn cache key: bump it when :func:`relearn_curve` changes what it computes."""
@@ -78,17 +78,6 @@ def training_text(item: KnowledgeItem) -> str:
     """The prompt followed by its answer (a space between them unless the prompt ends in one)."""
     sep = "" if item.prompt.endswith((" ", "\n")) else " "
     return item.prompt + sep + item.answer
-
-
-class LoraSettings(BaseModel):
-    """LoRA relearning through peft: adapters of this rank on ``target_modules``, the
-    loaded model's own weights frozen and never copied."""
-
-    model_config = ConfigDict(extra="forbid")
-    rank: int = Field(8, ge=1)
-    alpha: float = Field(16.0, gt=0)
-    target_modules: str | list[str] = "all-linear"
-    """peft's ``target_modules``: ``all-linear`` (every linear layer but the output head) or module names."""
 
 
 _BRIDGE = "._original_component"
@@ -233,47 +222,6 @@ def cached_relearn_curve(
         lambda d: {int(s): {k: ScoreResult.from_dict(v) for k, v in per.items()} for s, per in d.items()})
 
 
-class RelearnConfig(LensConfig):
-    metric: Literal["soft", "accuracy"] = "soft"
-    """Per-item score behind recovery: ``soft`` (the answer's probability share among
-    its candidates; far less noisy near chance) or ``accuracy`` (answer ranked first)."""
-    steps: list[int] = [5, 10, 20]
-    """Fine-tuning step counts at which held-out items are scored; the largest is the budget the verdict reads."""
-    lr: float = Field(1e-4, gt=0)
-    """AdamW learning rate of full fine-tuning (around 1e-5 suits billion-parameter models)."""
-    method: Literal["auto", "full", "lora"] = "auto"
-    """``full``: fine-tune every weight of a copy (AdamW: about 16 bytes per parameter).
-    ``lora``: LoRA adapters through peft on the loaded model itself (``lora``, ``lora_lr``),
-    removed afterwards; memory stays near one model. ``auto``: LoRA for models with more
-    than ``lora_above`` parameters, full fine-tuning below."""
-    lora_above: int = Field(300_000_000, ge=0)
-    """``method: auto`` uses LoRA above this many parameters (300M: full AdamW fine-tuning
-    of a 1B model needs about 16 GB beside the three loaded models)."""
-    lora: LoraSettings = LoraSettings()
-    lora_lr: float = Field(1e-3, gt=0)
-    """AdamW learning rate of LoRA relearning (adapters need a larger one than full fine-tuning)."""
-    batch_size: int = Field(16, ge=1)
-    """Training sequences per step."""
-    folds: Literal[1, 2] = 2
-    """1: fine-tune on half A, score half B. 2: also fine-tune on B and score A, so every
-    forget item is scored once by a model that never trained on its subject (half the variance)."""
-    retain_variant: bool = True
-    """Also run Łucki's variant: fine-tune on a few retain items, score the forget set."""
-    retain_examples: int = Field(16, ge=1)
-    """Retain items fine-tuned on in Łucki's variant."""
-    side_effect_items: int = Field(48, ge=1)
-    """Held-out retain items (never fine-tuned on) U is scored on after fine-tuning, to check side effects."""
-    side_effect_tolerance: float = 0.05
-    """A relearned U whose held-out retain score drops more than this has a side effect (SPEC §4.4)."""
-    verify_untouched: bool = True
-    """Hash every loaded model's weights before and after, and fail if any changed."""
-    seeds: int = Field(2, ge=1)
-    """Fine-tuning runs with seeds seed, seed+1, ... (batch order); the recovery reads each
-    item's mean over them, and each seed's own recovery is kept beside it (its spread)."""
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
-
-
 def resolve_method(cfg: RelearnConfig, n_params: int) -> str:
     """``full`` or ``lora``: ``cfg.method``, with ``auto`` resolved by the largest model's size."""
     if cfg.method != "auto":
@@ -285,7 +233,7 @@ def _sub(items: Sequence[KnowledgeItem], idx: Sequence[int]) -> list[KnowledgeIt
     return [items[i] for i in idx]
 
 
-@register_lens("relearn", RelearnConfig, "held-out forget score after fine-tuning on other forget (or retain) items")
+@register_lens("relearn", RelearnConfig, RelearnData, "held-out forget score after fine-tuning on other forget (or retain) items")
 def relearn(ctx: AuditContext, cfg: RelearnConfig) -> LensResult:
     """Recovery of held-out forget subjects after fine-tuning on the others (and after retain fine-tuning)."""
     t0 = time.perf_counter()

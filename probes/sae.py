@@ -39,117 +39,27 @@ import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float
-from pydantic import Field
 from torch import Tensor
 
 from audit.context import AuditContext
 from audit.corpus import corpus_key, corpus_summary, openers_for, sample_corpus
-from audit.crossfit import Sweep, edited_recovery, require_folds, subject_folds
+from audit.crossfit import Sweep, edited_per_item, edited_recovery, require_folds, subject_folds
 from audit.errors import LensError
 from audit.intervene import PreparedItems, item_metrics, per_fold_scores, unedited
+from audit.lensdata import SAEData, SAELensConfig
 from audit.models import LoadedModel, cache_root
 from audit.progress import log as logger
 from audit.progress import progress
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult
 from audit.scoring import encode_prompt, pad_batch, pad_id_of
 
 SAE_CACHE_VERSION = "2"
-
-
-class SAELensConfig(LensConfig):
-    layer: int | None = None
-    """Block whose output (``blocks.{layer}.hook_resid_post``) the SAE reads; default the
-    middle block, or the layer in a loaded SAE's ``hook_name``."""
-    sae_path: str | None = None
-    """A folder saved by sae-lens (``cfg.json`` + ``sae_weights.safetensors``) to load
-    instead of training one."""
-    text: list[str] = []
-    """Training text for the SAE: files with one passage per line. When given, the SAE trains
-    on them (and the audit prompts) instead of the self-generated corpus."""
-    corpus_tokens: int = Field(60_000, ge=0)
-    """Size of the default training corpus: tokens sampled from B itself (continuations of
-    short generic openers, or of the items' subjects and prompt openings for a vocabulary
-    that cannot spell English), sampled once per model and cached. 0: the audit prompts
-    alone (too few for a real model: explained variance -0.93 on SmolLM2)."""
-    corpus_length: int = Field(64, ge=1)
-    """Tokens sampled per corpus sequence (capped by the model's context window)."""
-    corpus_temperature: float = Field(1.0, gt=0)
-    """Sampling temperature of the corpus."""
-    corpus_top_p: float = Field(0.95, gt=0, le=1)
-    """Nucleus mass of the corpus sampling."""
-    corpus_batch: int = Field(128, ge=1)
-    """Corpus sequences sampled together."""
-    architecture: Literal["topk", "standard"] = "topk"
-    """sae-lens architecture trained when no SAE is loaded."""
-    expansion: int = Field(8, ge=1)
-    """Features per residual dimension (d_sae = expansion × d_model)."""
-    k: int = Field(32, ge=1)
-    """Active features per token (TopK)."""
-    l1_coefficient: float = 5.0
-    """Sparsity penalty (standard architecture)."""
-    train_samples: int = Field(400_000, ge=1000)
-    """Token activations seen in training (the data is cycled)."""
-    max_epochs: float = Field(40.0, gt=0)
-    """At most this many passes over the training activations: on a small corpus (2.5k tokens
-    of the SmolLM2 suite's sentences) 400k samples would be 160 passes over the same tokens,
-    15 min of SAE lens on a loaded 2-core machine for a 576-wide model. The organism suites' corpora (10k+ tokens)
-    reach ``train_samples`` first."""
-    outlier_norm: float = Field(10.0, gt=1)
-    """Token activations whose norm exceeds this multiple of the median (attention sinks and
-    other massive activations: up to 60× the median on SmolLM2) are left out of training and
-    of the quality measure: a handful of them would otherwise hold most of the variance."""
-    center: bool = True
-    """Start the decoder bias at the mean activation (a real model's residual has a large
-    common component: a median norm of 168 on SmolLM2 with most of it shared)."""
-    train_batch: int = Field(256, ge=16)
-    """Token activations per training step."""
-    lr: float = 8e-3
-    """Adam learning rate. On SmolLM2 (4,608 features, 21k corpus tokens, 780 steps) 1e-3
-    left the SAE at explained variance 0.15 and 4e-3 at 0.51 (batch 512) or 0.62 (batch
-    128); 8e-3 with batch 256 reached 0.70 in 200k samples."""
-    holdout: float = Field(0.1, gt=0.0, lt=0.5)
-    """Share of sequences held out to measure reconstruction."""
-    min_explained_variance: float = 0.7
-    """Below this the SAE reconstructs too badly for the lens to inform a verdict."""
-    n_features: int = Field(20, ge=1)
-    """Concept features kept."""
-    rule: Literal["frequency", "f1"] = "frequency"
-    """Concept-feature ranking: forget firing rate among features rare on retain
-    (SAEBench), or F1 of firing as a forget-vs-retain classifier among features whose
-    precision reaches ``min_precision``."""
-    min_precision: float = 0.8
-    """F1 rule: the least share of a feature's firing (rate-balanced) on forget prompts."""
-    max_firing_rate: float = 0.5
-    """Features firing on more than this share of all prompts are never concept features."""
-    retain_firing_max: float = 0.01
-    """Frequency rule: the most a concept feature may fire on retain prompts."""
-    shift: Literal["prompt_max", "token_mean"] = "prompt_max"
-    """The fitted amount per feature: the mean over fit prompts of B's minus U's per-prompt
-    max code (the level a feature reaches on a typical forget prompt), or of the mean code
-    over prompt tokens. Either is added at every prompt token."""
-    placebo: bool = False
-    """Replace the concept features by a frequency-matched random set (a check of the
-    procedure: a placebo must not show recovery)."""
-    scales: list[float] = [0.5, 1.0, 2.0, 4.0]
-    """Multiples of the fitted mean code shift tried for restoration."""
-    n_controls: int = Field(16, ge=16)
-    """Frequency-matched random feature sets per scale."""
-    side_effect_tolerance: float = Field(0.05, ge=0.0)
-    """A scale that drops U's retain accuracy by more than this does not count."""
-    folds: int = Field(2, ge=2)
-    """Cross-fitting folds over forget (and retain) subjects."""
-    metric: Literal["soft", "accuracy"] = "soft"
-    """Per-item score behind recovery (see the steering lens)."""
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
-    tokens_per_pass: int = Field(16384, ge=256)
-    """Most tokens in one forward pass."""
 
 
 # --------------------------------------------------------------------- activations
@@ -471,7 +381,7 @@ def _layer_of(hook_name: str | None) -> int | None:
     return None
 
 
-@register_lens("sae", SAELensConfig, "SAE concept features: survival in U and feature-steering restoration")
+@register_lens("sae", SAELensConfig, SAEData, "SAE concept features: survival in U and feature-steering restoration")
 def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
     """Concept features of B's SAE: their survival in U and N, and restoration by moving them."""
     forget, retain = ctx.items["forget"], ctx.items["retain"]
@@ -631,6 +541,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
                                         n_boot=cfg.n_boot,
                                         reading=f"SAE feature restoration @ L{layer} (cross-fitted scale {label})")
     rec = rec.model_copy(update={"informative": rec.informative and quality["ok"]})
+    per_item = edited_per_item(ctx, base=b, end=n_plain, end_edited=n_st, oof=oof, reading=rec.reading)
 
     curve = [{"scale": s, **sweep.curve_row(s, float(n_plain.mean()), gap)} for s in scales]
 
@@ -653,6 +564,7 @@ def sae_lens(ctx: AuditContext, cfg: SAELensConfig) -> LensResult:
                      "control_recoveries": [float(x) for x in ctrl_r]},
         "unrestored": {"forget": {role: float(plain[role][metric].mean()) for role in ctx.roles},
                        "retain_accuracy_unlearned": float(plain_retain_u.mean())},
+        "per_item": per_item,
     }
     notes += [
         f"SAE ({quality['architecture']}, {quality['d_sae']} features, {source}) at {hook}: explained variance "

@@ -10,13 +10,9 @@ from __future__ import annotations
 import torch
 
 from audit.context import AuditContext
-from audit.registry import LensConfig, register_lens
+from audit.lensdata import SimilarityConfig, SimilarityData
+from audit.registry import register_lens
 from audit.schema import LensResult
-
-
-class SimilarityConfig(LensConfig):
-    position: str = "mean"
-    """``mean`` over prompt tokens or ``last`` prompt token."""
 
 
 def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -29,7 +25,7 @@ def linear_cka(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(xy / (xx * yy)) if xx > 0 and yy > 0 else float("nan")
 
 
-@register_lens("similarity", SimilarityConfig, "linear CKA per layer (support only, never decides)")
+@register_lens("similarity", SimilarityConfig, SimilarityData, "linear CKA per layer (support only, never decides)")
 def similarity(ctx: AuditContext, cfg: SimilarityConfig) -> LensResult:
     """CKA(B, U) and CKA(B, N) per layer on forget and on retain prompts."""
     data: dict = {}

@@ -38,55 +38,20 @@ from typing import Literal
 import numpy as np
 import torch
 from jaxtyping import Float
-from pydantic import Field
 from torch import Tensor
 
 from audit.context import AuditContext
-from audit.crossfit import Sweep, edited_recovery, require_folds, subject_folds
+from audit.crossfit import Sweep, edited_per_item, edited_recovery, require_folds, subject_folds
 from audit.errors import LensError
 from audit.intervene import PreparedItems, item_metrics, per_fold_scores, unedited
+from audit.lensdata import SteeringConfig, SteeringData
 from audit.progress import progress
-from audit.registry import LensConfig, register_lens
+from audit.registry import register_lens
 from audit.schema import LensResult
 from audit.scoring import encode_prompt, pad_batch, pad_id_of
 
 EMBED = "hook_embed"
 Direction = Literal["base_minus_unlearned", "forget_minus_retain", "random"]
-
-
-class SteeringConfig(LensConfig):
-    layers: list[int] | None = None
-    """Blocks after which to steer (``blocks.{l}.hook_resid_post``); default: every
-    block, or ``max_layers`` evenly spaced ones in a deeper model."""
-    max_layers: int = Field(4, ge=1)
-    """Most blocks swept when ``layers`` is not given. Each site costs ~64 replicas (settings
-    and controls) through the blocks after it: on SmolLM2-135M (30 blocks, 48 + 48 items) the
-    default sweep (four blocks and the embedding) takes ~6 min on 2 CPU cores."""
-    embed: bool = True
-    """Also steer the embedding output (``hook_embed``, the input of block 0)."""
-    directions: list[Direction] = ["base_minus_unlearned", "forget_minus_retain"]
-    """Candidate directions; ``random`` is a placebo for checking the procedure."""
-    poolings: list[Literal["last", "mean"]] = ["last", "mean"]
-    """Where directions are estimated: the last prompt token, the mean over prompt tokens."""
-    ablate: bool = True
-    """Also try the ablation form ``h - (h·d̂)d̂`` of each direction."""
-    scales: list[float] = [0.5, 1.0]
-    """Additive norms, in units of the site's typical residual norm (positive; the
-    base-free direction is also tried with the opposite sign)."""
-    n_controls: int = Field(16, ge=16)
-    """Norm-matched random directions per site and scale (and for ablation)."""
-    side_effect_tolerance: float = Field(0.05, ge=0.0)
-    """A setting that drops U's retain knowledge score by more than this does not count."""
-    folds: int = Field(2, ge=2)
-    """Cross-fitting folds over forget (and retain) subjects."""
-    metric: Literal["soft", "accuracy"] = "soft"
-    """Per-item score behind recovery: ``soft`` (the answer's share of probability among
-    its candidates; far less noisy near chance) or ``accuracy`` (answer ranked first).
-    Side effects are always measured in accuracy, the knowledge score."""
-    n_boot: int = 1000
-    """Bootstrap resamples for recovery CIs."""
-    tokens_per_pass: int = Field(32768, ge=256)
-    """Most tokens in one forward pass (lowered further for large vocabularies)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +179,7 @@ def _settings(cfg: SteeringConfig, sites: list[str]) -> list[Setting]:
     return out
 
 
-@register_lens("steering", SteeringConfig, "item-agnostic steering/ablation restoration, with random-direction controls")
+@register_lens("steering", SteeringConfig, SteeringData, "item-agnostic steering/ablation restoration, with random-direction controls")
 def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
     """Cross-fitted steering restoration of U's forget knowledge, against norm-matched controls."""
     forget, retain = ctx.items["forget"], ctx.items["retain"]
@@ -372,6 +337,7 @@ def steering(ctx: AuditContext, cfg: SteeringConfig) -> LensResult:
             "retain_accuracy_unlearned": float(ret_st.mean()), "retain_drop": drop,
             "control_recoveries": [float(x) for x in ctrl_r],
         },
+        "per_item": edited_per_item(ctx, base=b, end=n_plain, end_edited=n_st, oof=oof, reading=reading),
         "items": [
             {"id": it.id, "fold": int(fold_f[i]) + 1, "unlearned_steered": round(float(u[i]), 4),
              **{f"{role}_steered": round(float(steered[role][i]), 4) for role in ends}}

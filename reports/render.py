@@ -20,7 +20,8 @@ from plotly.utils import PlotlyJSONEncoder
 
 from audit.atomic import atomic_write_text
 from audit.caveats import NO_REFERENCE_VERDICT
-from audit.schema import AuditLog, LensResult, read_log
+from audit.lensdata import BehaviorData, lens_data, read_results
+from audit.schema import AuditLog, LensResult
 from reports.fmt import count, finite, num, seconds
 
 ROLE_COLORS = {"base": "#1f77b4", "unlearned": "#d62728", "reference": "#7f7f7f"}
@@ -198,17 +199,17 @@ def _recovery_chart(page: Page, log: AuditLog) -> None:
 
 
 def _behavior(page: Page, res: LensResult) -> None:
-    d = res.data
+    d = lens_data(res, BehaviorData)
     fig = go.Figure()
     for role in ("base", "unlearned", "reference"):
-        if role in d["forget"]:
+        if role in d.forget:
+            f, r = d.forget[role], d.retain.get(role)
             fig.add_bar(name=role, x=["forget ranking", "forget greedy", "retain ranking", "retain greedy"],
-                        y=[d["forget"][role]["score"], d["forget"][role]["greedy"],
-                           d["retain"][role]["score"], d["retain"][role]["greedy"]],
+                        y=[f.score, f.greedy, r.score if r else None, r.greedy if r else None],
                         marker_color=ROLE_COLORS[role])
     fig.update_layout(barmode="group", title="Behavior", yaxis_range=[0, 1.05], height=360)
     page.section("Behavior", page.figure(fig, "Knowledge score (answer ranked above distractors) and greedy exact match."), "behavior")
-    _item_table(page, d.get("items", []))
+    _item_table(page, d.items)
 
 
 def _item_table(page: Page, rows: list[dict[str, Any]]) -> None:
@@ -304,6 +305,11 @@ def render(log: AuditLog) -> str:
 
 
 def render_file(log_path: str | Path, html_path: str | Path) -> Path:
-    """Render ``audit_log.json`` to ``report.html`` (atomic write)."""
-    log = read_log(log_path)
+    """Render ``audit_log.json`` to ``report.html`` (atomic write).
+
+    Raises:
+        InputError: the file is not a valid audit log, or a lens's data does not fit its
+            data model (:func:`audit.lensdata.read_results`).
+    """
+    log = read_results(log_path)
     return atomic_write_text(html_path, render(log))

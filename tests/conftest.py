@@ -23,7 +23,7 @@ def _isolated_cache(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def suite(tmp_path_factory) -> Path:
-    from audit.organisms import SuiteConfig, build_suite
+    from audit.lab.organisms import SuiteConfig, build_suite
 
     d = os.environ.get("AUDIT_TEST_SUITE_DIR")
     path = Path(d) if d else tmp_path_factory.mktemp("suite")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from audit import activations as A
-from audit.items import load_items
 from audit.scoring import encode_prompt
+from audit.sources import load_items
 
 
 def _hf_hidden(model, prompt):

@@ -17,9 +17,11 @@ import datasets
 import pytest
 from typer.testing import CliRunner
 
-from audit.adapters import FORMATS, apply_chat_template, detect_format, sample_distractors
 from audit.errors import InputError
-from audit.items import KnowledgeItem, items_hash, load_item_set, load_items, parse_items
+from audit.formats import FORMATS, detect_format, sample_distractors
+from audit.items import KnowledgeItem, items_hash, parse_items
+from audit.prepare import apply_chat_template
+from audit.sources import load_item_set, load_items
 from cli import app
 
 runner = CliRunner()

@@ -88,8 +88,8 @@ def test_quantizer_matches_hand_computed_example():
 
 
 def test_8bit_changes_the_base_organism_less_than_4bit(base_model, suite):
-    from audit.items import load_items
     from audit.scoring import score_items
+    from audit.sources import load_items
 
     items = load_items(suite / "forget.jsonl")
     before = weights_hash(base_model.hf)
@@ -106,7 +106,7 @@ def test_8bit_changes_the_base_organism_less_than_4bit(base_model, suite):
 
 
 def test_split_keeps_each_subject_in_one_half(suite):
-    from audit.items import load_items
+    from audit.sources import load_items
 
     items = load_items(suite / "forget.jsonl")
     a, b = split_by_subject(items, seed=0)
@@ -117,7 +117,7 @@ def test_split_keeps_each_subject_in_one_half(suite):
 
 
 def test_sampling_is_seeded_and_batched_like_one_prompt_at_a_time(base_model, suite):
-    from audit.items import load_items
+    from audit.sources import load_items
 
     prompts = [it.prompt for it in load_items(suite / "forget.jsonl")[:6]]
     kw = {"n": 8, "max_new_tokens": 3, "seed": 3}
@@ -150,9 +150,9 @@ def attacked(suite):
     below quote reference_b alone as N, as the fixture used before it had two."""
     from audit.config import AuditConfig
     from audit.context import AuditContext
-    from audit.items import load_items
     from audit.models import load_model
     from audit.registry import get_lens
+    from audit.sources import load_items
 
     cfg = AuditConfig(base=str(suite / "base"), unlearned=str(suite / "head_only"),
                       reference=[str(suite / "reference_b"), str(suite / "reference_a")],
@@ -382,8 +382,8 @@ def test_relearn_runs_are_cached_by_everything_they_read(suite, monkeypatch, tmp
     # that share B or N reuse it, bit for bit; any change to what the run reads is a new run,
     # and an unreadable entry is recomputed
     import probes.relearn as R
-    from audit.items import load_items
     from audit.models import load_model
+    from audit.sources import load_items
 
     monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "cache"))
     calls = []

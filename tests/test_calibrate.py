@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from audit.calibrate import summarise
+from audit.lab.calibrate import summarise
 
 
 def _row(truth, verdict, score, probe=None, role=None, reference=True):
@@ -143,7 +143,7 @@ def test_bad_calibration_arguments_exit_2_with_a_clear_message(tmp_path):
 
 
 def test_default_preset_gives_each_seed_its_own_world():
-    from audit.calibrate import PRESETS
+    from audit.lab.calibrate import PRESETS
 
     p = PRESETS["default"]
     runs = [(v.name, arch, s) for v in p.variants for arch in p.archs for s in p.seeds if v.seeds is None or s in v.seeds]

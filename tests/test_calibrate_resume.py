@@ -14,9 +14,9 @@ import shutil
 import pytest
 import torch
 
-from audit.calibrate import Preset, Variant, calibrate
-from audit.organisms import ModelShape, TrainConfig
-from audit.world import WorldConfig
+from audit.lab.calibrate import Preset, Variant, calibrate
+from audit.lab.organisms import ModelShape, TrainConfig
+from audit.lab.world import WorldConfig
 
 # 10 forget people × 3 attributes = 30 forget items (the policy's minimum is 20); without a
 # reference only noop (NOT_UNLEARNED truth) is audited, so both audit_suite calls resume
@@ -47,15 +47,15 @@ def first(tmp_path_factory):
 @pytest.fixture
 def calls(monkeypatch):
     """The config of every ``audit.run`` call that ``audit_suite`` makes."""
-    import audit.suite
+    import audit.lab.suite
 
-    seen, real = [], audit.suite.run
+    seen, real = [], audit.lab.suite.run
 
     def counted(cfg, **kw):
         seen.append(cfg)
         return real(cfg, **kw)
 
-    monkeypatch.setattr(audit.suite, "run", counted)
+    monkeypatch.setattr(audit.lab.suite, "run", counted)
     return seen
 
 
@@ -131,7 +131,7 @@ def test_resume_redoes_a_log_whose_checkpoint_changed(first, calls, tmp_path):
 def test_cli_passes_resume(first, monkeypatch, tmp_path):
     from typer.testing import CliRunner
 
-    import audit.calibrate
+    import audit.lab.calibrate
     from cli import app
 
     _, res = first
@@ -141,7 +141,7 @@ def test_cli_passes_resume(first, monkeypatch, tmp_path):
         seen.update(kw)
         return res
 
-    monkeypatch.setattr(audit.calibrate, "calibrate", fake)
+    monkeypatch.setattr(audit.lab.calibrate, "calibrate", fake)
     r = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path), "--resume"])
     assert r.exit_code == 0, r.output
     assert seen["resume"] is True
@@ -155,11 +155,11 @@ def test_cli_renders_reports_written_in_worker_processes(first, monkeypatch, tmp
     # picklable), and cli.py renders calibration.html; the library itself imports no reports
     from typer.testing import CliRunner
 
-    import audit.calibrate
+    import audit.lab.calibrate
     from cli import app
 
     root, res = first
-    monkeypatch.setitem(audit.calibrate.PRESETS, "small", TINY)
+    monkeypatch.setitem(audit.lab.calibrate.PRESETS, "small", TINY)
     out = tmp_path / "out"
     r = CliRunner().invoke(app, ["calibrate", "--preset", "small", "--out", str(out), "--suites",
                                  str(root / "suites"), "--jobs", "2", "--threads", "1"])

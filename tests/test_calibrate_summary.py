@@ -1,11 +1,11 @@
-"""``audit.calibrate`` without training: ``summarise`` on hand-made rows (the NOT_UNLEARNED
+"""``audit.lab.calibrate`` without training: ``summarise`` on hand-made rows (the NOT_UNLEARNED
 rows, whose truth was measured from behaviour, are reported apart from the rows whose truth the
 construction alone gives, issue 18, in both tables and in the calibration report), and the
 presets' grids and worlds."""
 
 from __future__ import annotations
 
-from audit.calibrate import summarise, truth_source
+from audit.lab.calibrate import summarise, truth_source
 
 
 def _row(truth, verdict, score=0.5, role=None, reference=True, organism=None):
@@ -84,7 +84,7 @@ def test_calibration_report_shows_the_two_sources_apart():
 
 
 def test_default_preset_runs_default_grids_and_light_grids_on_request():
-    from audit.calibrate import _LIGHT_GRIDS, PRESETS, with_grids
+    from audit.lab.calibrate import _LIGHT_GRIDS, PRESETS, with_grids
 
     d, small = PRESETS["default"], PRESETS["small"]
     assert d.lens_options == {}  # each lens's default grid, the strength users get
@@ -109,8 +109,8 @@ def test_unknown_grids_exit_2_before_anything_is_written(tmp_path):
 
 
 def test_default_preset_holds_the_open_answer_world():
-    from audit.calibrate import PRESETS
-    from audit.organisms import open_answer_suite
+    from audit.lab.calibrate import PRESETS
+    from audit.lab.organisms import open_answer_suite
 
     d = PRESETS["default"]
     (v,) = [v for v in d.variants if v.world.attributes == ["birth_town"]]
@@ -122,7 +122,7 @@ def test_default_preset_holds_the_open_answer_world():
     assert v.train == ref.train.model_copy(update={"steps": 800})
     assert v.seeds == [0] and v.constructions is None  # every construction of the preset, hard ones too
     assert d.two_phase_base
-    from audit.calibrate import suite_config
+    from audit.lab.calibrate import suite_config
 
     cfg = suite_config(v, "gpt2", 0, d)
     assert (cfg.world, cfg.train, cfg.head_only_steps, cfg.seed) == (world, v.train, 1000, 0)

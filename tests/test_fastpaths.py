@@ -23,8 +23,9 @@ import torch
 
 from audit.intervene import PreparedItems as _Prepared
 from audit.intervene import resumable as _resumable
-from audit.items import KnowledgeItem, load_items
+from audit.items import KnowledgeItem
 from audit.models import load_model
+from audit.sources import load_items
 
 ATOL = 1e-4
 

@@ -1,5 +1,5 @@
 """Issue 18's hard organisms, measured on a tiny suite: mid-block suppression, the mid-layer
-RMU flood, inverted answers and the lineage reference (``audit.organisms.HARD_CONSTRUCTIONS``).
+RMU flood, inverted answers and the lineage reference (``audit.lab.organisms.HARD_CONSTRUCTIONS``).
 
 Each test reads what the construction did to the weights or the behaviour, so a
 construction that trains the wrong parameters, stops short of unlearning or never ranks
@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from audit.items import load_items
-from audit.organisms import HARD_CONSTRUCTIONS, ModelShape, SuiteConfig, TrainConfig
-from audit.world import WorldConfig
+from audit.lab.organisms import HARD_CONSTRUCTIONS, ModelShape, SuiteConfig, TrainConfig
+from audit.lab.world import WorldConfig
+from audit.sources import load_items
 
 # 4 blocks, so the middle block k = 2 has blocks before and after it
 TINY = SuiteConfig(
@@ -21,7 +21,7 @@ TINY = SuiteConfig(
     shape=ModelShape(d_model=32, n_layers=4, n_heads=4, d_mlp=128),
     train=TrainConfig(steps=400), seed=100, methods=False, nulls=False, constructions=list(HARD_CONSTRUCTIONS),
 )
-# fewer steps than the shipped settings (audit.organisms.HARD_PARAMS, tuned on the small
+# fewer steps than the shipped settings (audit.lab.organisms.HARD_PARAMS, tuned on the small
 # preset's world), so the suite trains in well under a minute on one core
 TINY_PARAMS = {
     "mid_block": {"steps": 300, "lr": 3e-3},
@@ -32,7 +32,7 @@ TINY_PARAMS = {
 
 @pytest.fixture(scope="module")
 def hard(tmp_path_factory):
-    from audit import organisms
+    from audit.lab import organisms
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("hard_suite")
@@ -57,7 +57,7 @@ def test_base_knows_what_the_constructions_hide(hard):
 
 @pytest.mark.parametrize("name", ["mid_block", "rmu_mid"])
 def test_mid_network_constructions_change_block_k_alone(hard, name):
-    from audit.organisms import changed_tensors
+    from audit.lab.organisms import changed_tensors
 
     d, man = hard
     e = man["checkpoints"][name]
@@ -99,7 +99,7 @@ def test_inverted_ranks_the_answer_below_the_never_trained_model(hard):
 
 
 def test_lineage_shares_base_init_and_never_saw_a_forget_fact(hard):
-    from audit.organisms import make_model
+    from audit.lab.organisms import make_model
 
     d, man = hard
     c = man["checkpoints"]
@@ -143,7 +143,7 @@ TWO_PHASE = TINY.model_copy(update={"constructions": ["lineage"], "two_phase_bas
 
 @pytest.fixture(scope="module")
 def two_phase(tmp_path_factory):
-    from audit import organisms
+    from audit.lab import organisms
 
     torch.set_num_threads(1)
     d = tmp_path_factory.mktemp("two_phase_suite")
@@ -168,8 +168,8 @@ def test_two_phase_base_still_knows_the_forget_set(two_phase, hard):
 def test_two_phase_lineage_is_base_phase1_checkpoint_continued_on_retain(two_phase, hard):
     from transformers import AutoTokenizer
 
-    from audit.organisms import HARD_PARAMS, make_model, state_hash, train_lm
-    from audit.world import make_world
+    from audit.lab.organisms import HARD_PARAMS, make_model, state_hash, train_lm
+    from audit.lab.world import make_world
 
     d, man = two_phase
     c = man["checkpoints"]

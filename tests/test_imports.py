@@ -4,7 +4,10 @@
   file under ``audit/`` or ``probes/`` imports ``reports``, even inside a function;
 - importing ``reports`` loads no ``torch``;
 - no import cycle among the modules of ``audit``, ``probes`` and ``reports`` at import time,
-  and no new one through deferred (function-level) imports.
+  and no new one through deferred (function-level) imports;
+- the organism lab (``audit.lab``) depends on the core, never the other way: no module of the
+  core (``audit`` outside ``audit/lab/``, ``probes``, ``reports``) imports ``audit.lab``, even
+  inside a function, and importing the library loads no ``audit.lab`` module.
 
 Each import check runs in a fresh interpreter, so what an earlier test imported cannot hide
 what this one pulls in.
@@ -38,7 +41,7 @@ def _reports(mods: set[str]) -> set[str]:
     return {m for m in mods if m == "reports" or m.startswith("reports.")}
 
 
-@pytest.mark.parametrize("module", ["audit", "audit.run", "audit.calibrate", "audit.suite", "audit.verdict",
+@pytest.mark.parametrize("module", ["audit", "audit.run", "audit.lab.calibrate", "audit.lab.suite", "audit.verdict",
                                     "audit.registry", "audit.schema"])
 def test_the_library_loads_no_reports(module):
     assert _reports(_loaded_after(f"import {module}")) == set()
@@ -52,6 +55,13 @@ def test_the_lens_registry_loads_no_reports():
 def test_reports_loads_no_torch():
     mods = _loaded_after("import reports, reports.calibration")
     assert "reports.render" in mods  # the import did load the package's sections
+    assert {m for m in mods if m == "torch" or m.startswith("torch.")} == set()
+
+
+def test_the_lens_models_load_no_torch():
+    # every lens's config and data model is read by reports and `audit report` without torch
+    mods = _loaded_after("import audit.lensdata; from audit.lensdata import LENS_MODELS; assert len(LENS_MODELS) > 1")
+    assert "audit.lensdata" in mods
     assert {m for m in mods if m == "torch" or m.startswith("torch.")} == set()
 
 
@@ -160,11 +170,9 @@ def cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
     return found
 
 
-KNOWN_DEFERRED_CYCLES = {
-    # issue 20: items ⇄ adapters ⇄ scoring (⇄ models) through function-level imports; to be
-    # broken by splitting adapters by job. Shrinking it is welcome: then update this entry
-    frozenset({"audit.adapters", "audit.items", "audit.models", "audit.scoring"}),
-}
+KNOWN_DEFERRED_CYCLES: set[frozenset[str]] = set()
+"""Cycles through function-level imports that are known and accepted: none since issue 20 split
+the item adapters by job (items → formats → sources; prepare; itemcheck). A new entry needs a reason."""
 
 
 def test_the_cycle_finder_finds_cycles():
@@ -192,3 +200,35 @@ def test_audit_and_probes_never_import_reports():
     back = {m: sorted(d for d in deps if d.split(".")[0] == "reports")
             for m, deps in graph.items() if m.split(".")[0] in ("audit", "probes")}
     assert {m: d for m, d in back.items() if d} == {}
+
+
+# ---------------------------------------------------------------------------------------
+# The organism lab is not the tool (issue 20)
+# ---------------------------------------------------------------------------------------
+
+
+def _lab(mods) -> set[str]:
+    return {m for m in mods if m == "audit.lab" or m.startswith("audit.lab.")}
+
+
+def test_the_core_never_imports_the_lab():
+    # deferred imports too: a lazy ``from audit.lab import ...`` in the core is still a dependency
+    graph = import_graph(deferred=True)
+    assert "audit.lab.organisms" in graph and "audit.training" in graph["audit.lab.organisms"]  # the lab is read
+    back = {m: sorted(_lab(deps)) for m, deps in graph.items() if not _lab([m])}
+    assert {m: d for m, d in back.items() if d} == {}
+
+
+def test_the_lab_guard_sees_deferred_and_aliased_imports():
+    # the forms a lab import can take in the core, each found by the graph the guard reads
+    for src in ("def f():\n    from audit.lab import organisms\n", "def f():\n    import audit.lab.suite as s\n",
+                "from audit.lab.calibrate import calibrate\n", "from .lab import world\n"):
+        nodes = _imports(ast.parse(src), deferred=True)
+        names = {t for n in nodes for t in _targets(n, "audit.run", False)}
+        assert _lab(names), src
+
+
+@pytest.mark.parametrize("statement", ["import audit.run", "import audit.plan",
+                                       "from audit.registry import available_lenses; available_lenses()"])
+def test_the_library_loads_no_lab(statement):
+    assert _lab(_loaded_after(statement)) == set()

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from audit.errors import InputError
-from audit.items import items_hash, load_items, parse_items
+from audit.items import items_hash, parse_items
+from audit.sources import load_items
 
 GOOD = {"id": "a", "prompt": "x lives in", "answer": "paris", "distractors": ["rome", "oslo", "lima"]}
 

@@ -134,8 +134,8 @@ def _counted(monkeypatch, version: str) -> list[int]:
 
 def test_a_failed_run_writes_status_error_and_keeps_finished_lenses(suite, tmp_path, monkeypatch):
     import audit.run
+    from audit.lab.suite import _stale
     from audit.run import run
-    from audit.suite import _stale
 
     out = tmp_path / "o"
     written = []

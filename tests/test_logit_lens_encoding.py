@@ -17,8 +17,9 @@ import pytest
 
 from audit.config import AuditConfig
 from audit.context import AuditContext
-from audit.items import KnowledgeItem, load_items
+from audit.items import KnowledgeItem
 from audit.scoring import candidate_token_ids, score_items
+from audit.sources import load_items
 from probes.logit_lens import read_layers
 
 # read at import, before the session fixture points AUDIT_CACHE at a temporary folder
@@ -84,8 +85,8 @@ def test_organism_lens_result_keeps_its_format(suite, base_model, tmp_path):
 @pytest.fixture(scope="module")
 def smollm2():
     """SmolLM2-135M-Instruct from its cached conversion (never downloaded here)."""
+    from audit.lab.realmodel import GGUF_NAME, fetch_smollm2
     from audit.models import load_model
-    from audit.realmodel import GGUF_NAME, fetch_smollm2
 
     if not (_PERSISTENT / "smollm2" / GGUF_NAME).is_file():
         pytest.skip(f"SmolLM2 is not cached in {_PERSISTENT} (tests/test_realmodel.py fetches it)")
@@ -102,7 +103,7 @@ def smollm2():
 
 
 def test_smollm2_capitals_last_layer_is_behavior(smollm2, tmp_path):
-    from audit.realmodel import capital_items
+    from audit.lab.realmodel import capital_items
 
     items = capital_items()[::20]  # 8 countries, one region after another; every answer distinct
     tok = smollm2.tokenizer

@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from audit.errors import InputError
+from audit.lab.organisms import ModelShape, make_model, make_tokenizer
+from audit.lab.world import WorldConfig, make_world
 from audit.models import check_compatible, content_hash, load_model
-from audit.organisms import ModelShape, make_model, make_tokenizer
-from audit.world import WorldConfig, make_world
 
 
 def test_missing_and_non_checkpoint_paths(tmp_path):

@@ -1,6 +1,6 @@
 """Organisms with open answers (issue 17): every forget answer belongs to one person alone.
 
-The open-answer suite (:func:`audit.organisms.open_answer_suite`) is built once per session
+The open-answer suite (:func:`audit.lab.organisms.open_answer_suite`) is built once per session
 (about a minute on 2 CPU cores); ``AUDIT_TEST_OPEN_SUITE_DIR`` may point at a folder to keep
 it between runs while developing (it is reused only if its config key matches).
 """
@@ -15,7 +15,7 @@ import datasets
 import pytest
 from typer.testing import CliRunner
 
-from audit.items import load_items
+from audit.sources import load_items
 from cli import app
 
 runner = CliRunner()
@@ -23,7 +23,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="session")
 def open_suite(tmp_path_factory) -> Path:
-    from audit.organisms import build_suite, open_answer_suite
+    from audit.lab.organisms import build_suite, open_answer_suite
 
     d = os.environ.get("AUDIT_TEST_OPEN_SUITE_DIR")
     path = Path(d) if d else tmp_path_factory.mktemp("open_suite")
@@ -37,7 +37,7 @@ def open_manifest(open_suite) -> dict:
 
 
 def test_open_world_gives_everyone_a_value_of_their_own():
-    from audit.world import WorldConfig, make_world
+    from audit.lab.world import WorldConfig, make_world
 
     w = make_world(WorldConfig(n_people=60, n_forget=20, n_qa=20, attributes=["city", "birth_town"], seed=5))
     towns = [p.facts["birth_town"] for p in w.people]

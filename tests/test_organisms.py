@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from audit.items import load_items
+from audit.sources import load_items
 
 EXPECTED = {
     "base", "reference_a", "reference_b", "head_only", "late_layers", "subject_offset", "noop",
@@ -68,7 +68,7 @@ def test_temperature_nulls_are_reference_b_at_another_temperature(suite, manifes
     import numpy as np
     import torch
 
-    from audit.organisms import _forward
+    from audit.lab.organisms import _forward
     from audit.scoring import score_items
 
     items = load_items(suite / manifest["forget"]) + load_items(suite / manifest["retain"])
@@ -100,7 +100,7 @@ def test_temperature_nulls_are_reference_b_at_another_temperature(suite, manifes
 def test_skewed_reference_has_a_skewed_prior_and_intact_retain(suite, manifest):
     # measured (seed 0): it ranks the skew value first on 1.00 of the forget items that offer
     # it, reference_a/b on 0.2-0.5 (a flat prior: 0.25); its retain score stays ≥ 0.95
-    from audit.organisms import prior_skew
+    from audit.lab.organisms import prior_skew
 
     c = manifest["checkpoints"]
     e = c["reference_skewed"]
@@ -135,7 +135,7 @@ def test_items_use_the_schema_and_held_out_template(suite, manifest):
 
 
 def test_suite_is_cached(suite):
-    from audit.organisms import SuiteConfig, build_suite
+    from audit.lab.organisms import SuiteConfig, build_suite
 
     before = (suite / "base" / "model.safetensors").stat().st_mtime_ns
     build_suite(suite, SuiteConfig(seed=0))
@@ -147,7 +147,7 @@ def test_world_balances_each_attribute_within_each_group():
     # prior worth chance, so two never-trained seeds agree (docs/calibration.md)
     from collections import Counter
 
-    from audit.world import WorldConfig, make_world
+    from audit.lab.world import WorldConfig, make_world
 
     w = make_world(WorldConfig(n_people=100, n_forget=40, n_qa=30, seed=3, balanced=True))
     for group in ("forget", "qa", "retain"):
@@ -163,7 +163,7 @@ def test_unbalanced_world_draws_are_unchanged():
     # exactly as before the option existed (fingerprint of the default world, seed 0)
     import hashlib
 
-    from audit.world import WorldConfig, make_world
+    from audit.lab.world import WorldConfig, make_world
 
     w = make_world(WorldConfig())
     blob = json.dumps([(p.name, p.facts, p.group) for p in w.people])

@@ -38,8 +38,8 @@ def tiny(tmp_path_factory) -> Path:
     """Three tiny random Llama checkpoints (B, U, N) on a small fictional world: 24 forget
     items (8 people × 3 attributes), 24 retain items."""
     from audit.items import write_items
-    from audit.organisms import ModelShape, make_model, make_tokenizer
-    from audit.world import WorldConfig, make_world
+    from audit.lab.organisms import ModelShape, make_model, make_tokenizer
+    from audit.lab.world import WorldConfig, make_world
 
     d = tmp_path_factory.mktemp("tiny")
     world = make_world(WorldConfig(n_people=24, n_forget=8, n_qa=8, seed=0))

@@ -26,8 +26,8 @@ def test_placeholders_recombine_subjects_and_are_never_a_known_subject():
 @pytest.fixture(scope="module")
 def ctx(suite, manifest):
     from audit.config import AuditConfig
-    from audit.items import load_item_set
     from audit.models import load_model
+    from audit.sources import load_item_set
 
     for name in ("reference_b", "reference_b_t2", "reference_skewed"):
         assert name in manifest["checkpoints"], name

@@ -121,11 +121,11 @@ def test_quiet_warnings_restores_everything_and_forwards_errors(capfd):
 
 
 def test_organisms_audit_prints_reasons_as_text(monkeypatch, tmp_path):
-    import audit.suite
+    import audit.lab.suite
 
     rows = [{"organism": "odd[/x]", "truth": "[bold]DELETED", "verdict": "SUPPRESSED", "deletion_score": 0.25,
              "reason": "probe [/x] and [bold]steering[/bold] recover"}]
-    monkeypatch.setattr(audit.suite, "audit_suite", lambda *a, **k: rows)
+    monkeypatch.setattr(audit.lab.suite, "audit_suite", lambda *a, **k: rows)
     res = runner.invoke(app, ["organisms", "audit", str(tmp_path / "s[/y]"), "--out", str(tmp_path / "o[/z]")])
     assert res.exit_code == 0, (res.output, res.exception)
     out = " ".join(res.output.split())

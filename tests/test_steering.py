@@ -17,11 +17,12 @@ from typer.testing import CliRunner
 
 from audit.config import AuditConfig
 from audit.context import AuditContext
-from audit.items import KnowledgeItem, load_items
+from audit.items import KnowledgeItem
 from audit.models import load_model
 from audit.registry import get_lens
 from audit.schema import LensResult
 from audit.scoring import score_items
+from audit.sources import load_items
 
 TAU_S = 0.3  # the verdict's suppression threshold on excess recovery (audit.verdict)
 

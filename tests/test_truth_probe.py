@@ -20,7 +20,8 @@ import pytest
 
 from audit.config import AuditConfig
 from audit.context import AuditContext
-from audit.items import KnowledgeItem, load_items
+from audit.items import KnowledgeItem
+from audit.sources import load_items
 from probes.linear_probe import LinearProbeConfig, _classifier_schemes, _folds, _truth_fit, linear_probe
 
 FAST = {"n_shuffles": 2, "folds": 3}
@@ -190,8 +191,8 @@ def test_truth_probe_reads_smollm2_capitals(tmp_path):
     10 (B 0.81, controls 0.04); crossfit is skipped (95% label history: the region's
     capitals are each other's distractors). About 25 s alone on 2 CPU cores.
     """
+    from audit.lab.realmodel import capital_items
     from audit.models import load_model
-    from audit.realmodel import capital_items
 
     ggufs = sorted(_SMOL.glob("*.gguf"))
     if not ggufs:

@@ -22,11 +22,12 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, field_validator
 
-from audit import unlearning as ul
 from audit.items import write_items
+from audit.lab import unlearning as ul
+from audit.lab.world import ATTRIBUTES, Person, World, WorldConfig, attribute_spec, is_open, make_world
 from audit.progress import log, progress
 from audit.scoring import score_items
-from audit.world import ATTRIBUTES, Person, World, WorldConfig, attribute_spec, is_open, make_world
+from audit.training import batches, lm_loss
 
 SUITE_VERSION = "2"
 
@@ -219,7 +220,7 @@ def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str, *, free_vector
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
-    fb = ul.batches(seqs, cfg.batch_size, rng)
+    fb = batches(seqs, cfg.batch_size, rng)
     model.train()
     n = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     with progress(desc, total=n) as bar:
@@ -227,9 +228,9 @@ def train_lm(model, seqs, cfg: TrainConfig, seed: int, desc: str, *, free_vector
             if then is not None and step == then[0]:
                 if on_switch is not None:
                     on_switch(model)
-                fb = ul.batches(then[1], cfg.batch_size, rng)
+                fb = batches(then[1], cfg.batch_size, rng)
             if free_vectors is None:
-                loss = ul.lm_loss(model, *next(fb))
+                loss = lm_loss(model, *next(fb))
             else:
                 loss = _free_name_loss(model, *next(fb), model.config.vocab_size, free_vectors)
             opt.zero_grad()

@@ -1,7 +1,6 @@
-"""Bring your own forget set: format adapters from public unlearning benchmarks to items.
+"""Item formats of public unlearning benchmarks: rows of a dataset become items.
 
-A local Hugging Face dataset (a ``save_to_disk`` folder, or ``.parquet`` / ``.json`` /
-``.csv`` files, read with the ``datasets`` library) becomes a list of
+Rows (dicts of column values, read by :mod:`audit.sources`) become a list of
 :class:`~audit.items.KnowledgeItem` through one adapter per upstream column layout:
 
 - ``tofu`` — TOFU (``question``, ``answer``, ``paraphrased_answer``, ``perturbed_answer``
@@ -21,31 +20,25 @@ the same ``attribute`` where the set has that tag — with a fixed seed, and eve
 item says so (``distractors_sampled``). ``jsonl`` is our own format
 (``id``/``prompt``/``answer``/``distractors``) stored as a dataset.
 
-Split names of a dataset with several (TOFU's ``forget10`` / ``retain90`` / ``holdout10``,
-RWKU's ``forget_level1``, files of a folder) are chosen as ``PATH:SPLIT``; without one,
-the split whose name starts with the role (``forget`` / ``retain``) is taken when it is
-the only one.
+Nothing here reads a file: :func:`adapt_rows` takes rows from any source (a local
+dataset, a hub dataset) and returns validated items.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import re
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from audit.errors import InputError, validate
-from audit.items import MIN_DISTRACTORS, ItemSet, KnowledgeItem, _check, load_item_set
+from audit.items import MIN_DISTRACTORS, KnowledgeItem, check_item
 
 DEFAULT_QA_TEMPLATE = "Question: {question}\nAnswer:"
 MC_MODES = ("text", "letter")
-CHAT_MODES = ("auto", "none")
-_DATA_SUFFIXES = {".parquet": "parquet", ".json": "json", ".jsonl": "json", ".csv": "csv"}
 _BLANK = re.compile(r"_{2,}")
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -65,7 +58,7 @@ class AdaptOptions:
 
 
 @dataclass
-class _Draft:
+class Draft:
     """An item before validation; ``distractors`` None means "sample them"."""
 
     id: str
@@ -85,7 +78,7 @@ class FormatSpec:
     name: str
     required: tuple[str, ...]
     description: str
-    fn: Callable[[list[dict[str, Any]], str, str, AdaptOptions], tuple[list[_Draft], list[str]]]
+    fn: Callable[[list[dict[str, Any]], str, str, AdaptOptions], tuple[list[Draft], list[str]]]
 
 
 # ---------------------------------------------------------------- cell readers
@@ -158,7 +151,7 @@ def adapt_tofu(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptOp
             answer = row["paraphrased_answer"].strip()
         ds, n = _clean_distractors(answer, _str_list(row, "perturbed_answer", w))
         removed += n
-        drafts.append(_Draft(f"{name}-{i}", fill_template(opts.qa_template, q), answer, ds, w,
+        drafts.append(Draft(f"{name}-{i}", fill_template(opts.qa_template, q), answer, ds, w,
                              **_tags(row), question=q))
     notes = ["TOFU: true answer = paraphrased_answer (as TOFU's truth ratio), distractors = perturbed_answer"]
     if removed:
@@ -191,11 +184,11 @@ def adapt_wmdp(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptOp
             body = q + "".join(f"\n{_LETTERS[j]}. {c}" for j, c in enumerate(choices))
             letters = list(_LETTERS[: len(choices)])
             answer, ds = letters[idx], letters[:idx] + letters[idx + 1 :]
-            drafts.append(_Draft(f"{name}-{i}", fill_template(opts.qa_template, body), answer, ds, w,
+            drafts.append(Draft(f"{name}-{i}", fill_template(opts.qa_template, body), answer, ds, w,
                                  **_tags(row), question=body))
         else:
             ds = choices[:idx] + choices[idx + 1 :]
-            drafts.append(_Draft(f"{name}-{i}", fill_template(opts.qa_template, q), choices[idx], ds, w,
+            drafts.append(Draft(f"{name}-{i}", fill_template(opts.qa_template, q), choices[idx], ds, w,
                                  **_tags(row), question=q))
     how = "the letters A, B, C, ... of the listed choices" if opts.mc_mode == "letter" else "the choice texts"
     return drafts, [f"multiple choice: candidates are {how}"]
@@ -216,7 +209,7 @@ def adapt_rwku(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptOp
             prompt, n_cloze = query[: blanks[0].start()].rstrip(), n_cloze + 1
         else:
             prompt = fill_template(opts.qa_template, query)
-        drafts.append(_Draft(f"{name}-{i}", prompt, answer, None, w, subject=subject,
+        drafts.append(Draft(f"{name}-{i}", prompt, answer, None, w, subject=subject,
                              attribute=_tags(row)["attribute"], question=query))
     notes = ["RWKU: subject is the concept tag"]
     if n_cloze:
@@ -231,7 +224,7 @@ def adapt_qa(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptOpti
         w = _where(source, i)
         q = _text(row, "question", w)
         a = _text(row, "answer", w)
-        drafts.append(_Draft(f"{name}-{i}", fill_template(opts.qa_template, q), a, None, w, **_tags(row), question=q))
+        drafts.append(Draft(f"{name}-{i}", fill_template(opts.qa_template, q), a, None, w, **_tags(row), question=q))
     return drafts, []
 
 
@@ -241,7 +234,7 @@ def adapt_jsonl(rows: list[dict[str, Any]], name: str, source: str, opts: AdaptO
     for i, row in enumerate(rows):
         w = _where(source, i)
         it = validate(KnowledgeItem, {k: v for k, v in row.items() if v is not None}, "column", w, strict=True)
-        drafts.append(_Draft(it.id, it.prompt, it.answer, list(it.distractors), w, it.subject, it.attribute,
+        drafts.append(Draft(it.id, it.prompt, it.answer, list(it.distractors), w, it.subject, it.attribute,
                              it.question))
     return drafts, []
 
@@ -294,7 +287,7 @@ def detect_format(columns: Sequence[str], source: str = "<dataset>") -> str:
 # ---------------------------------------------------------------- distractor sampling
 
 
-def sample_distractors(drafts: list[_Draft], k: int, seed: int) -> None:
+def sample_distractors(drafts: list[Draft], k: int, seed: int) -> None:
     """Fill in ``k`` distractors for drafts that have none, from other items' answers.
 
     The pool is the answers of items with the same ``attribute`` when the item has that
@@ -335,138 +328,30 @@ def _dedupe(xs: list[str]) -> list[str]:
     return out
 
 
-# ---------------------------------------------------------------- reading datasets
-
-
-def looks_native(path: Path) -> bool:
-    """Whether a ``.jsonl`` file is in our own format (or cannot be judged: then the
-    native parser gives the message). Checks the first non-empty line's keys."""
-    try:
-        with path.open(encoding="utf-8") as f:
-            for raw in f:
-                if raw.strip():
-                    obj = json.loads(raw)
-                    break
-            else:
-                return True
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return True
-    if not isinstance(obj, dict) or "prompt" in obj or "distractors" in obj or "id" in obj:
-        return True
-    try:
-        return detect_format(list(obj)) == "jsonl"
-    except InputError:
-        return True
-
-
-def _split_arg(path: str) -> tuple[Path, str | None]:
-    """``PATH`` or ``PATH:SPLIT`` (the part after the last colon, when PATH exists)."""
-    p = Path(path)
-    if p.exists() or ":" not in path:
-        return p, None
-    head, _, split = path.rpartition(":")
-    if head and Path(head).exists():
-        return Path(head), split
-    return p, None
-
-
-def _data_files(folder: Path) -> dict[str, Path]:
-    """Data files of a plain folder, each one split named by its relative path sans suffix."""
-    out: dict[str, Path] = {}
-    for f in sorted(folder.rglob("*")):
-        rel = f.relative_to(folder)
-        if f.is_file() and f.suffix in _DATA_SUFFIXES and not any(x.startswith(".") for x in rel.parts):
-            out[rel.with_suffix("").as_posix()] = f
-    return out
-
-
-def _pick_split(names: list[str], split: str | None, role: str | None, where: Path) -> str:
-    if split is not None:
-        if split not in names:
-            raise InputError(f"{where} has no split '{split}'; available: {', '.join(names)}")
-        return split
-    if len(names) == 1:
-        return names[0]
-    if role:
-        hits = [n for n in names if n.rsplit("/", 1)[-1].lower().startswith(role)]
-        if len(hits) == 1:
-            return hits[0]
-    raise InputError(f"{where} holds several splits ({', '.join(names)}); name one as {where}:SPLIT")
-
-
-def _load_file(f: Path) -> tuple[list[dict[str, Any]], list[str]]:
-    import datasets
-
-    builder = _DATA_SUFFIXES[f.suffix]
-    # a throw-away cache: nothing lands in ~/.cache, and concurrent runs never share one
-    with tempfile.TemporaryDirectory(prefix="audit-ds-") as tmp:
-        try:
-            ds = datasets.load_dataset(builder, data_files=str(f), split="train", cache_dir=tmp,
-                                       keep_in_memory=True)
-        except Exception as e:  # noqa: BLE001 - datasets raises many types for unreadable files
-            why = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"cannot read {f} as {builder}: {why}") from None
-        return ds.to_list(), list(ds.column_names)
-
-
-def read_rows(path: str, role: str | None = None) -> tuple[list[dict[str, Any]], list[str], str, str | None, str]:
-    """Rows of a local dataset: ``(rows, columns, name, split, source)``.
+def adapt_options(*, qa_template: str | None = None, mc_mode: str = "text", seed: int = 0,
+                  n_distractors: int = MIN_DISTRACTORS) -> AdaptOptions:
+    """The options of every adapter, with the QA template checked.
 
     Raises:
-        InputError: missing path, unreadable data, or an ambiguous / unknown split.
-    """
-    import datasets
-
-    datasets.disable_progress_bars()
-    p, split = _split_arg(path)
-    if not p.exists():
-        raise InputError(f"item file not found: {p}")
-    chosen: str | None = None
-    if p.is_dir() and ((p / "dataset_dict.json").is_file() or (p / "state.json").is_file()):
-        try:
-            ds = datasets.load_from_disk(str(p), keep_in_memory=True)
-        except Exception as e:  # noqa: BLE001 - a damaged folder raises anything
-            raise InputError(f"cannot read the saved dataset {p}: {e}") from None
-        if isinstance(ds, datasets.DatasetDict):
-            chosen = _pick_split(list(ds), split, role, p)
-            ds = ds[chosen]
-        elif split is not None:
-            raise InputError(f"{p} is a single dataset without splits; drop ':{split}'")
-        rows, columns = ds.to_list(), list(ds.column_names)
-    elif p.is_dir():
-        files = _data_files(p)
-        if not files:
-            raise InputError(f"{p} holds no dataset: expected a save_to_disk folder or "
-                             f"{', '.join(_DATA_SUFFIXES)} files")
-        chosen = _pick_split(list(files), split, role, p)
-        rows, columns = _load_file(files[chosen])
-    else:
-        if p.suffix not in _DATA_SUFFIXES:
-            raise InputError(f"{p}: unknown item file type '{p.suffix}'; expected .jsonl (our items), a dataset "
-                             f"folder, or {', '.join(_DATA_SUFFIXES)}")
-        if split is not None:
-            raise InputError(f"{p} is a single file without splits; drop ':{split}'")
-        rows, columns = _load_file(p)
-    if chosen is not None:
-        name, source = chosen.rsplit("/", 1)[-1], f"{p}:{chosen}"
-    else:
-        name, source = (p.name if p.is_dir() else p.stem), str(p)
-    return rows, columns, name, chosen, source
-
-
-def load_dataset_items(path: str, fmt: str | None = None, *, role: str | None = None, qa_template: str | None = None,
-                       mc_mode: str = "text", seed: int = 0, n_distractors: int = MIN_DISTRACTORS) -> ItemSet:
-    """Items from a local Hugging Face dataset through a format adapter (see the module).
-
-    Raises:
-        InputError: naming the file, the row and the column of the first problem.
+        InputError: a QA template without a ``{question}`` placeholder.
     """
     opts = AdaptOptions(qa_template=qa_template or DEFAULT_QA_TEMPLATE, mc_mode=mc_mode, seed=seed,
                         n_distractors=n_distractors)
     if "{question}" not in opts.qa_template:
         raise InputError(f"the QA template {opts.qa_template!r} has no '{{question}}' placeholder")
-    spec = resolve_format(fmt) if fmt else None
-    rows, columns, name, split, source = read_rows(path, role)
+    return opts
+
+
+def adapt_rows(rows: list[dict[str, Any]], columns: Sequence[str], name: str, source: str,
+               spec: FormatSpec | None, opts: AdaptOptions) -> tuple[list[KnowledgeItem], str, list[str]]:
+    """Rows of one dataset split as items: ``(items, format name, notes)``.
+
+    ``spec`` is the format (``None``: detected from ``columns``); ``name`` prefixes the
+    ids an adapter makes and ``source`` names the data in messages.
+
+    Raises:
+        InputError: naming the source, the row and the column of the first problem.
+    """
     if spec is None:
         spec = FORMATS[detect_format(columns, source)]
     missing = [c for c in spec.required if c not in columns]
@@ -494,127 +379,22 @@ def load_dataset_items(path: str, fmt: str | None = None, *, role: str | None = 
         it = KnowledgeItem(id=d.id, prompt=d.prompt, answer=d.answer, distractors=list(d.distractors or []),
                            subject=d.subject, attribute=d.attribute, question=d.question,
                            distractors_sampled=d.id in sampled_ids)
-        _check(it, d.where)
+        check_item(it, d.where)
         items.append(it)
-    return ItemSet(items, source, format=spec.name, split=split, notes=notes)
+    return items, spec.name, notes
 
 
-# ---------------------------------------------------------------- chat templates and base knowledge
-
-
-def apply_chat_template(items: Sequence[KnowledgeItem], tokenizer, mode: str = "none") -> tuple[list[KnowledgeItem], bool]:
-    """Wrap each prompt as one user message of the checkpoint's chat template.
-
-    With ``mode="auto"`` and a tokenizer that has a chat template, the user's message is
-    the item's bare ``question`` (else its ``prompt``) and the prompt becomes the
-    rendered conversation up to the assistant's turn (``add_generation_prompt``), so the
-    answer is what the assistant says. A leading BOS string is dropped when the tokenizer
-    adds BOS itself, so it is not doubled. Returns the items and whether they were wrapped.
-
-    Raises:
-        InputError: an unknown mode, or a template that fails to render.
-    """
-    if mode not in CHAT_MODES:
-        raise InputError(f"unknown chat-template mode '{mode}'; choose one of {', '.join(CHAT_MODES)}")
-    if mode == "none" or not getattr(tokenizer, "chat_template", None):
-        return list(items), False
-    bos: str = getattr(tokenizer, "bos_token", None) or ""
-    adds_bos = bool(bos) and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]
-    out = []
-    for it in items:
-        try:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": it.question or it.prompt}],
-                                                 tokenize=False, add_generation_prompt=True)
-        except Exception as e:  # noqa: BLE001 - jinja raises its own error types
-            raise InputError(f"the chat template failed on item '{it.id}': {e}") from None
-        if adds_bos and text.startswith(bos):
-            text = text[len(bos):]
-        out.append(it.model_copy(update={"prompt": text}))
-    return out, True
-
-
-def known_mask(model, items: Sequence[KnowledgeItem], *, batch_size: int = 32):
-    """Which items ``model`` (a :class:`~audit.models.LoadedModel`) ranks correctly."""
-    from audit.scoring import score_items
-
-    return score_items(model.forward, model.tokenizer, items, batch_size=batch_size, device=model.device).correct
-
-
-def prepare_for_model(sets: dict[str, ItemSet], items: dict[str, list[KnowledgeItem]], base, *,
-                      chat_template: str = "none", drop_unknown: bool = False,
-                      batch_size: int = 32) -> dict[str, list[KnowledgeItem]]:
-    """Steps that need the base model: chat-template wrapping, then (optionally) dropping
-    items the base does not know, since no lens can find knowledge that was never there.
-    Records what was done on each :class:`ItemSet`."""
-    out = {}
-    for k, its in items.items():
-        its, wrapped = apply_chat_template(its, base.tokenizer, chat_template)
-        s = sets[k]
-        s.chat_template = wrapped
-        if wrapped:
-            s.notes.append("prompts wrapped with the checkpoint's chat template")
-        elif chat_template == "auto":
-            s.notes.append("--chat-template auto: the checkpoint has no chat template; prompts used as they are")
-        if drop_unknown:
-            mask = known_mask(base, its, batch_size=batch_size)
-            s.n_dropped = int((~mask).sum())
-            if s.n_dropped:
-                s.notes.append(f"{s.n_dropped} of {len(its)} items the base model does not know were dropped")
-            its = [it for it, ok in zip(its, mask, strict=True) if ok]
-        out[k] = its
-    return out
-
-
-@dataclass
-class ItemCheck:
-    """What ``audit items check`` reports about one set."""
-
-    set: ItemSet
-    n_items: int
-    subjects: dict[str, int]
-    attributes: dict[str, int]
-    candidates: tuple[int, int]
-    """Fewest and most candidates per item."""
-    n_known: int | None = None
-    """Items the base model ranks correctly (``None`` without ``base``)."""
-    kept: list[KnowledgeItem] = field(default_factory=list)
-    """The items scoring would use (unknown ones dropped when ``drop_unknown``)."""
-
-
-def check_item_set(path: str, fmt: str | None = None, *, base: str | None = None, drop_unknown: bool = True,
-                   chat_template: str = "none", device: str = "cpu", dtype: str = "float32",
-                   batch_size: int = 32, out: str | None = None, **options) -> ItemCheck:
-    """Validate and summarise an item set; with ``base``, count the items it knows.
-
-    Items the base does not know are dropped from scoring by default (``drop_unknown``)
-    and counted. ``out`` writes the items scoring would use as our JSONL.
-
-    Raises:
-        InputError: bad items, options or checkpoint.
-    """
-    from collections import Counter
-
-    from audit.items import write_items
-
-    s = load_item_set(path, fmt, **options)
-    items = s.items
-    n_known = None
-    if base is not None:
-        from audit.models import load_model
-
-        model = load_model(base, "base", device=device, dtype=dtype)
-        items = prepare_for_model({"set": s}, {"set": items}, model, chat_template=chat_template,
-                                  batch_size=batch_size)["set"]
-        mask = known_mask(model, items, batch_size=batch_size)
-        n_known = int(mask.sum())
-        if drop_unknown:
-            s.n_dropped = len(items) - n_known
-            items = [it for it, ok in zip(items, mask, strict=True) if ok]
-    n_cands = [len(it.candidates) for it in s.items]
-    check = ItemCheck(s, len(s.items), dict(Counter(it.subject for it in s.items if it.subject).most_common()),
-                      dict(Counter(it.attribute for it in s.items if it.attribute).most_common()),
-                      (min(n_cands), max(n_cands)), n_known, list(items))
-    if out is not None:
-        write_items(items, out)
-    return check
-
+def pick_split(names: list[str], split: str | None, role: str | None, where: Path | str, what: str = "") -> str:
+    """The split named ``split``, else the only one, else the one whose name starts with
+    ``role``; ``what`` prefixes the source in errors (``"hub dataset "``)."""
+    if split is not None:
+        if split not in names:
+            raise InputError(f"{what}{where} has no split '{split}'; available: {', '.join(names) or 'none'}")
+        return split
+    if len(names) == 1:
+        return names[0]
+    if role:
+        hits = [n for n in names if n.rsplit("/", 1)[-1].lower().startswith(role)]
+        if len(hits) == 1:
+            return hits[0]
+    raise InputError(f"{what}{where} holds several splits ({', '.join(names)}); name one as {where}:SPLIT")

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 
 from audit.atomic import atomic_write_text
 from audit.errors import InputError
-from audit.organisms import (
+from audit.lab.organisms import (
     CONSTRUCTIONS,
     HARD_CONSTRUCTIONS,
     ModelShape,
@@ -41,10 +41,10 @@ from audit.organisms import (
     build_suite,
     open_answer_suite,
 )
+from audit.lab.suite import audit_suite
+from audit.lab.world import WorldConfig
 from audit.progress import log
 from audit.schema import read_log
-from audit.suite import audit_suite
-from audit.world import WorldConfig
 
 LABELS = ("DELETED", "SUPPRESSED", "NOT_UNLEARNED", "INCONCLUSIVE")
 
@@ -74,7 +74,7 @@ class Preset(BaseModel):
     """Also build and audit the GA/GradDiff/NPO/RMU organisms."""
     constructions: list[str] | None = None
     """The construction organisms of every suite (``SuiteConfig.constructions``; ``None``:
-    those of ``audit.organisms.CONSTRUCTIONS``, without issue 18's hard ones)."""
+    those of ``audit.lab.organisms.CONSTRUCTIONS``, without issue 18's hard ones)."""
     two_phase_base: bool = False
     """Train every suite's base in two phases (``SuiteConfig.two_phase_base``), so that the
     lineage organism is base's own phase-1 checkpoint continued on retain only."""
@@ -170,7 +170,7 @@ PRESETS: dict[str, Preset] = {
             Variant(name="deep-two-attributes", world=_SMALL_WORLD.model_copy(update={"attributes": ["city", "job"]}),
                     shape=ModelShape(d_model=64, n_layers=5, n_heads=4, d_mlp=256), train=TrainConfig(steps=800),
                     seeds=[2]),
-            # issue 18: the open-answer world (audit.organisms.open_answer_suite: birth_town only),
+            # issue 18: the open-answer world (audit.lab.organisms.open_answer_suite: birth_town only),
             # with 80 forget people rather than its 40 (one item per person). Every construction
             # builds there; reference_skewed, which needs a closed attribute, is skipped by build_suite
             Variant(name="open-answers", world=_OPEN_WORLD, shape=_OPEN.shape, train=TrainConfig(steps=800),
@@ -329,7 +329,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     Runs in a worker process under ``--jobs``; also writes ``OUT/<suite>/calibration_rows.json``,
     so the suites already finished are kept when a long calibration is stopped. With ``resume``,
     organisms whose audits finished under the same inputs and settings are read back
-    (:func:`audit.suite.audit_suite`).
+    (:func:`audit.lab.suite.audit_suite`).
     """
     if threads:
         import torch

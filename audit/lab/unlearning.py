@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, cast
 
 import torch
@@ -34,23 +34,10 @@ from torch import nn
 
 from audit.progress import progress
 from audit.scoring import pad_batch
+from audit.training import Seqs, batches, lm_loss
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-Seqs = Sequence[Sequence[int]]
-
-
-def batches(seqs: Seqs, batch_size: int, rng: random.Random) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless stream of random right-padded batches."""
-    while True:
-        yield pad_batch(rng.sample(list(seqs), min(batch_size, len(seqs))), 0)
-
-
-def lm_loss(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over real (non-pad) tokens."""
-    labels = ids.masked_fill(mask == 0, -100)
-    return model(input_ids=ids, attention_mask=mask, labels=labels).loss
 
 
 def sequence_logprob(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
