@@ -415,6 +415,32 @@ class SteeringConfig(LensConfig):
     tokens_per_pass: int = Field(32768, ge=256)
     """Most tokens in one forward pass (lowered further for large vocabularies)."""
 
+    def blocks(self, n_layers: int) -> list[int]:
+        """The blocks steered in a model of ``n_layers`` (``layers`` as given, in order;
+        else every block, or ``max_layers`` evenly spaced ones); the lens and ``audit plan``
+        both read it. ``layers`` out of range are the lens's error, not checked here."""
+        if self.layers is not None:
+            return sorted(set(self.layers))
+        if n_layers <= self.max_layers:
+            return list(range(n_layers))
+        import numpy as np
+
+        return sorted({int(round(x)) for x in np.linspace(0, n_layers - 1, self.max_layers)})
+
+    def recipes(self) -> list[tuple[str, str, str, float]]:
+        """Every setting tried at one site, as (direction, pooling, form, signed scale): each
+        direction × pooling (``-`` for random) in its ablation form and at every additive
+        scale, both signs for the base-free direction."""
+        out: list[tuple[str, str, str, float]] = []
+        scales = sorted({abs(s) for s in self.scales if s != 0})
+        for direction in self.directions:
+            for pooling in (["-"] if direction == "random" else self.poolings):
+                if self.ablate:
+                    out.append((direction, pooling, "ablate", 0.0))
+                for sign in ((1.0, -1.0) if direction == "forget_minus_retain" else (1.0,)):
+                    out += [(direction, pooling, "add", sign * s) for s in scales]
+        return out
+
 
 class SteeringRow(CurveRow):
     """One steering setting's dose-response point."""

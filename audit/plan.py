@@ -508,28 +508,16 @@ def _edit_bytes(inp: PlanInputs, per_pass: int, full: bool) -> int:
 
 def steering_sites(cfg: Any, facts: ModelFacts) -> list[int | None]:
     """The steering lens's sites: the blocks it steers after (``None``: the embedding output)."""
-    n = facts.n_layers
-    if cfg.layers is not None:
-        layers = sorted({x for x in cfg.layers if 0 <= x < n})
-    elif n <= cfg.max_layers:
-        layers = list(range(n))
-    else:
-        layers = sorted({int(round(i * (n - 1) / (cfg.max_layers - 1))) for i in range(cfg.max_layers)}
-                        if cfg.max_layers > 1 else {0})
-    return ([None] if cfg.embed and facts.embed_hook else []) + list(layers)
+    layers = [x for x in cfg.blocks(facts.n_layers) if 0 <= x < facts.n_layers]
+    return ([None] if cfg.embed and facts.embed_hook else []) + layers
 
 
 def steering_settings(cfg: Any) -> tuple[int, int]:
     """(settings, control sets) of one steering site: each direction × pooling in its ablation
     form and at every additive scale (both signs for the base-free direction); one set of
     ``n_controls`` random directions per additive scale, and one for ablation."""
-    scales = len({abs(s) for s in cfg.scales if s != 0})
-    settings = 0
-    for d in cfg.directions:
-        forms = int(cfg.ablate) + (2 if d == "forget_minus_retain" else 1) * scales
-        settings += (1 if d == "random" else len(cfg.poolings)) * forms
-    keys = (int(cfg.ablate) + scales) if cfg.directions else 0
-    return settings, keys
+    recipes = cfg.recipes()
+    return len(recipes), len({(form, abs(scale)) for _, _, form, scale in recipes})
 
 
 @counts("steering")

@@ -149,34 +149,17 @@ def _intervention(d: Tensor, setting: Setting, rho: float) -> tuple[Tensor, Tens
 
 def _sites(ctx: AuditContext, cfg: SteeringConfig) -> list[str]:
     n = ctx.n_layers
-    if cfg.layers is not None:
-        bad = [layer for layer in cfg.layers if not 0 <= layer < n]
-        if bad:
-            raise LensError(f"steering layers {bad} are out of range: the model has {n} blocks")
-        layers = sorted(set(cfg.layers))
-    elif n <= cfg.max_layers:
-        layers = list(range(n))
-    else:
-        layers = sorted({int(round(x)) for x in np.linspace(0, n - 1, cfg.max_layers)})
-    sites = [f"blocks.{layer}.hook_resid_post" for layer in layers]
+    bad = [layer for layer in cfg.layers or [] if not 0 <= layer < n]
+    if bad:
+        raise LensError(f"steering layers {bad} are out of range: the model has {n} blocks")
+    sites = [f"blocks.{layer}.hook_resid_post" for layer in cfg.blocks(n)]
     if cfg.embed and EMBED in ctx.models["unlearned"].bridge.hook_dict:
         sites.insert(0, EMBED)
     return sites
 
 
 def _settings(cfg: SteeringConfig, sites: list[str]) -> list[Setting]:
-    out = []
-    scales = sorted({abs(s) for s in cfg.scales if s != 0})
-    for site in sites:
-        for direction in cfg.directions:
-            for pooling in (["-"] if direction == "random" else cfg.poolings):
-                if cfg.ablate:
-                    out.append(Setting(site, direction, pooling, "ablate", 0.0))
-                signs = (1.0, -1.0) if direction == "forget_minus_retain" else (1.0,)
-                for sign in signs:
-                    for s in scales:
-                        out.append(Setting(site, direction, pooling, "add", sign * s))
-    return out
+    return [Setting(site, *recipe) for site in sites for recipe in cfg.recipes()]
 
 
 @register_lens("steering", SteeringConfig, SteeringData, "item-agnostic steering/ablation restoration, with random-direction controls")
