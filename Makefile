@@ -49,7 +49,7 @@ browser:
 test: setup browser
 	$(PY) -m pytest -q --durations=25
 
-# every benchmark of issue #8 (about 15 min on 2 CPU cores); rewrites benchmarks/results.md
+# every benchmark (about 25 min on 2 CPU cores; benchmark 7 builds 14 GB of 1B-shaped checkpoints under $BENCH_1B_DIR, default /tmp, and deletes them); rewrites benchmarks/results.md
 bench: setup smollm2
 	$(VENV)/bin/audit organisms build --out organisms --seed 0
 	$(PY) -m benchmarks.run

@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import numpy as np
+import sklearn
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
@@ -458,7 +459,7 @@ def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:
     scored: dict[str, np.ndarray] = {}
     # each model's own probe readings depend on nothing but its checkpoint, the items and the
     # settings: cached on disk, so B's and N's fits are made once for every U audited against them
-    parts = [PROBE_CACHE_VERSION, items_hash(forget), items_hash(retain), read_out, repr(tuple(readers)), str(L),
+    parts = [PROBE_CACHE_VERSION, f"sklearn {sklearn.__version__}", items_hash(forget), items_hash(retain), read_out, repr(tuple(readers)), str(L),
              str(ctx.seed), str(ctx.config.batch_size), repr(rows_f.tolist()),
              cfg.model_copy(update={"n_shuffles": 0}).model_dump_json()]
 

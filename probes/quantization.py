@@ -291,6 +291,9 @@ def quantization(ctx: AuditContext, cfg: QuantizationConfig) -> LensResult:
             with quantized(m, quantizer, sources[role]) as (q, errors[role]):
                 scores[role] = score_items(_forward_of(q), m.tokenizer, items, batch_size=ctx.config.batch_size,
                                            device=m.device, encoded=enc[role])
+            # the name outlives the block: kept, it would hold this model's weights while
+            # --low-memory loads the next model's (two models resident)
+            del q
         per_role = {role: s.per_item(cfg.metric, ctx.temperature(role)) for role, s in scores.items()}
         per_setting.append(per_role)
         rec = ctx.recovery(per_role, reading=label, n_boot=cfg.n_boot)
