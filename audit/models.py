@@ -57,8 +57,8 @@ def cached_json(model: LoadedModel, kind: str, parts: Sequence[str], compute: Ca
 
     from audit.atomic import atomic_path
 
-    dtype = next(model.hf.parameters()).dtype
-    blob = "|".join([*parts, model.hash, str(model.device), str(dtype), torch.__version__])
+    # the dtype recorded at load: a cached entry is read without the weights resident (--low-memory)
+    blob = "|".join([*parts, model.hash, str(model.device), str(model.dtype), torch.__version__])
     path = cache_root() / kind / f"{hashlib.sha256(blob.encode()).hexdigest()[:24]}.json"
     if path.is_file():
         try:
@@ -163,6 +163,8 @@ class LoadedModel:
     d_model: int = field(init=False)
     n_params: int = field(init=False)
     architecture: str = field(init=False)
+    dtype: Any = field(init=False)
+    """The weights' torch dtype, kept while they are put down."""
 
     def __post_init__(self) -> None:
         self.config = self._hf.config
@@ -170,6 +172,7 @@ class LoadedModel:
         self.n_layers = int(self._bridge.cfg.n_layers)
         self.d_model = int(self._bridge.cfg.d_model)
         self.n_params = int(sum(p.numel() for p in self._hf.parameters()))
+        self.dtype = next(self._hf.parameters()).dtype
 
     @property
     def resident(self) -> bool:

@@ -269,7 +269,6 @@ def _cached_reads(model: LoadedModel, parts: list[str], compute: Callable[[], Re
                        for per in layers] for s, layers in d.items()})
 
 
-
 @register_lens("linear_probe", LinearProbeConfig, LinearProbeData,
                "linear probes per layer: answer classifier on closed sets, contrastive truth probe on open answers")
 def linear_probe(ctx: AuditContext, cfg: LinearProbeConfig) -> LensResult:

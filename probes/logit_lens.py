@@ -80,7 +80,7 @@ def _logprobs(
 ) -> tuple[Tensor, Tensor]:
     """Log-probs of ``toks`` at positions ``rows`` of ``h`` through the final norm and
     unembedding, and whether ``first_tok`` is in the top-k at positions ``first`` (on the CPU)."""
-    dtype = next(model.hf.parameters()).dtype
+    dtype = model.dtype
     out = torch.empty(len(rows))
     hit = torch.zeros(len(first), dtype=torch.bool)
     step = _unembed_rows(model)

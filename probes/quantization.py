@@ -88,8 +88,9 @@ def quantize_rtn(
     out = torch.empty_like(w, memory_format=torch.contiguous_format)
     # a block of rows at a time (every group lies within a row, so the result is the same):
     # the temporaries of a 128k-token unembedding stay a few MiB, not several copies of it
-    for i in range(0, n_out, _block_rows(n_in)):
-        x = w[i : i + _block_rows(n_in)].detach().float()
+    step = _block_rows(n_in)
+    for i in range(0, n_out, step):
+        x = w[i : i + step].detach().float()
         out[i : i + len(x), :full] = _rtn_rows(x[:, :full].reshape(-1, g), bits, symmetric).reshape(len(x), full)
         if full < n_in:
             out[i : i + len(x), full:] = _rtn_rows(x[:, full:], bits, symmetric)
