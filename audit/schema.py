@@ -65,14 +65,16 @@ class Recovery(BaseModel):
     end_point: str = "reference"
     """What the end point S(N) is: ``reference`` (never-trained model(s)) or, without one,
     the knowledge-free estimate used (``chance``, ``exchangeable-candidates`` ...)."""
-    kind: Literal["primary", "scan", "gate"] = "primary"
+    kind: Literal["primary", "scan", "gate", "support"] = "primary"
     """``primary``: a reading fixed before looking at U (e.g. the layer where the lens
     best separates B from N); it may bound recovery (DELETED). ``scan``: the best of
     several readings (its CI widened for the number compared), or a reading too coarse
     to bound recovery (e.g. leak@n); it can show recovery (SUPPRESSED) but never bounds
     it. ``gate``: what U says as it is (behavior's raw ranking), read only by the
     NOT_UNLEARNED rule; it neither shows nor bounds hidden knowledge, since a model's prior
-    over answer values moves it (docs/verdict.md)."""
+    over answer values moves it (docs/verdict.md). ``support``: shown beside the evidence
+    but never read by the verdict, for a lens whose calibration AUROC has not earned it a
+    say (docs/lenses.md, "Which lenses decide")."""
 
 
 class LensResult(BaseModel):

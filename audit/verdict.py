@@ -59,6 +59,8 @@ RANKING_PRIOR_REMOVED = "ranking (prior removed)"
 _RANKING = ("ranking", RANKING_PRIOR_REMOVED, "ranking (soft)")
 _HARD_RANKING = ("ranking", RANKING_PRIOR_REMOVED)
 _SOFT = "ranking (soft)"
+# kinds the verdict never reads as evidence of knowledge or its absence (schema.Recovery.kind)
+_UNREAD = ("gate", "support")
 
 
 class Thresholds(BaseModel):
@@ -232,10 +234,10 @@ def decide(lenses: dict[str, LensResult], th: Thresholds | None = None, scope: s
     ok = {k: v for k, v in lenses.items() if v.error is None}
     beh = ok.get("behavior")
     # gate readings (what U says as it is) decide NOT_UNLEARNED only: they neither show nor
-    # bound hidden knowledge
+    # bound hidden knowledge; support readings are shown and never read
     informative: list[tuple[str, Recovery]] = [
         (name, r) for name, res in ok.items() for r in res.recoveries
-        if r.informative and math.isfinite(r.value) and r.side_effect_ok is not False and r.kind != "gate"
+        if r.informative and math.isfinite(r.value) and r.side_effect_ok is not False and r.kind not in _UNREAD
     ]
     top = max((r.value for _, r in informative), default=float("nan"))
     low = min((r.value for _, r in informative), default=float("nan"))

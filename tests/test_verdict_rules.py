@@ -192,6 +192,11 @@ CASES = [
      "base head"),
     ("open answers, outside B's basis, own-head reading 0.2", open_world(outside=True, own=0.2), "INCONCLUSIVE",
      "logit_lens lens"),
+    # --- support readings (a lens whose calibration has not earned it a say) are never read
+    ("a support reading at 0.9 does not make SUPPRESSED", quiet(mia=lens("mia", rec("min-k%++", 0.9, 0.8, 1.0,
+                                                                                 kind="support"))), "DELETED", ""),
+    ("a support reading at -0.6 does not block DELETED", quiet(mia=lens("mia", rec("min-k%++", -0.6, -0.7, -0.5,
+                                                                                  kind="support"))), "DELETED", ""),
 ]
 
 
