@@ -138,7 +138,7 @@ def test_hard_constructions_leave_existing_suite_keys_alone():
 
 
 # the same tiny world and seed, base trained in two phases; only the lineage organism
-TWO_PHASE = TINY.model_copy(update={"constructions": ["lineage"], "two_phase_base": True})
+TWO_PHASE = TINY.model_copy(update={"constructions": ["lineage", "lineage_b"], "two_phase_base": True})
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def two_phase(tmp_path_factory):
 def test_two_phase_base_still_knows_the_forget_set(two_phase, hard):
     _, man = two_phase
     c, one_phase = man["checkpoints"], hard[1]["checkpoints"]
-    assert set(c) == {"base", "reference_a", "reference_b", "lineage"}
+    assert set(c) == {"base", "reference_a", "reference_b", "lineage", "lineage_b"}
     b = c["base"]
     assert b["params"]["two_phase"] is True and b["params"]["phase1_steps"] == TINY.train.steps // 2
     assert b["params"]["steps"] == TINY.train.steps  # the same total steps as a one-phase base
@@ -203,3 +203,20 @@ def test_two_phase_lineage_is_base_phase1_checkpoint_continued_on_retain(two_pha
 def test_two_phase_option_changes_only_its_own_suites_keys():
     assert SuiteConfig(two_phase_base=False).key() == SuiteConfig().key() == "ac3c16e9b255e594"
     assert TWO_PHASE.key() != TWO_PHASE.model_copy(update={"two_phase_base": False}).key()
+
+
+@pytest.mark.slow  # the two-phase suite above
+def test_lineage_b_is_a_second_continuation_of_the_same_checkpoint(two_phase):
+    from audit.lab.organisms import state_hash
+
+    d, man = two_phase
+    c = man["checkpoints"]
+    a, b = c["lineage"], c["lineage_b"]
+    assert b["truth"] == "DELETED" and b["role"] == "lineage_reference" and b["lineage"] == "base_phase1_checkpoint"
+    # the same phase-1 checkpoint, the same number of retain-only steps, other batches
+    assert b["params"]["phase1_sha256"] == a["params"]["phase1_sha256"] == c["base"]["params"]["phase1_sha256"]
+    assert b["params"]["phase2_steps"] == a["params"]["phase2_steps"]
+    assert (a["params"]["phase2_seed"], b["params"]["phase2_seed"]) == (TWO_PHASE.seed + 1, TWO_PHASE.seed + 2)
+    assert state_hash(_load(d, "lineage")) != state_hash(_load(d, "lineage_b"))
+    assert b["forget_score"] <= c["reference_a"]["forget_score"] + 0.15
+    assert b["retain_score"] >= c["base"]["retain_score"] - 0.1

@@ -62,6 +62,11 @@ class Variant(BaseModel):
     """This variant's construction organisms (``None``: the preset's ``constructions``)."""
     head_only_steps: int | None = None
     """``SuiteConfig.head_only_steps`` of this variant (``None``: its default)."""
+    extra_references: list[str] = Field(default_factory=list)
+    """Other never-trained checkpoints of the suite (e.g. ``lineage_b``, in B's basis) against
+    which its construction organisms and never-trained models are audited a second time, each
+    summarised in a table of its own (``summary.by_reference``); the main table stays
+    ``reference_a``'s."""
 
 
 class Preset(BaseModel):
@@ -127,6 +132,10 @@ def with_grids(p: Preset, grids: str | None) -> Preset:
 _OPEN = open_answer_suite(0)
 _OPEN_WORLD = _OPEN.world.model_copy(update={"n_people": 200, "n_forget": 80, "n_qa": 60})
 
+# the hard constructions of the closed worlds: all but lineage_b, the second in-basis
+# reference, which only the open-answer world is audited against
+_HARD_CLOSED = [c for c in HARD_CONSTRUCTIONS if c != "lineage_b"]
+
 PRESETS: dict[str, Preset] = {
     # runs in CI: one seed per architecture, one small world, construction organisms only
     "small": Preset(
@@ -152,7 +161,7 @@ PRESETS: dict[str, Preset] = {
         seeds=[0, 1, 2],
         # every construction, issue 18's hard ones too (mid-network suppression, mid-layer RMU
         # flood, inverted answers, lineage reference)
-        constructions=[*CONSTRUCTIONS, *HARD_CONSTRUCTIONS],
+        constructions=[*CONSTRUCTIONS, *_HARD_CLOSED],
         # base trained retain-only first, then retain + forget: lineage is B's own phase-1
         # checkpoint continued on retain only (issue 18), not a same-initialisation retrain
         two_phase_base=True,
@@ -173,8 +182,13 @@ PRESETS: dict[str, Preset] = {
             # issue 18: the open-answer world (audit.lab.organisms.open_answer_suite: birth_town only),
             # with 80 forget people rather than its 40 (one item per person). Every construction
             # builds there; reference_skewed, which needs a closed attribute, is skipped by build_suite
+            # Its construction and never-trained organisms are audited a second time against
+            # lineage_b, a never-trained reference in B's basis, as open-unlearning's TOFU audits
+            # use retain90 (fine-tuned from the same base): only such a reference lets B's head
+            # read U's trunk (docs/calibration.md, "Open answers against a reference in B's basis")
             Variant(name="open-answers", world=_OPEN_WORLD, shape=_OPEN.shape, train=TrainConfig(steps=800),
-                    head_only_steps=_OPEN.head_only_steps, seeds=[0]),
+                    head_only_steps=_OPEN.head_only_steps, seeds=[0],
+                    constructions=[*CONSTRUCTIONS, *HARD_CONSTRUCTIONS], extra_references=["lineage_b"]),
         ],
         lenses=["behavior", "linear_probe", "logit_lens", "steering", "quantization", "relearn", "leak_at_k",
                 "similarity"],
@@ -297,7 +311,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     construction alone (``construction``: DELETED and SUPPRESSED), see :func:`truth_source`.
     """
     without = [r for r in rows if r.get("reference", True) is False]
-    out = _table([r for r in rows if r.get("reference", True) is not False])
+    main = [r for r in rows if r.get("reference", True) is not False and r.get("reference_name") in (None, "reference_a")]
+    out = _table(main)
+    others = sorted({r["reference_name"] for r in rows if r.get("reference_name") not in (None, "reference_a")})
+    out["by_reference"] = {n: _table([r for r in rows if r.get("reference_name") == n]) for n in others}
     out["no_reference"] = _table(without) if without else None
     return out
 
@@ -361,6 +378,12 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
         if only != []:
             audited += [(nr_dir, a) for a in audit_suite(suite_dir, nr_dir, reference=False, only=only, **kw)]
         run["audit_no_reference_s"] = round(time.perf_counter() - t, 1)
+    for name in variant.extra_references:  # the same organisms against another never-trained model
+        t = time.perf_counter()
+        only = [k for k, e in man["checkpoints"].items() if e["truth"] is not None and e["role"] != "method"]
+        ref_dir = out_dir / f"vs_{name}"
+        audited += [(ref_dir, a) for a in audit_suite(suite_dir, ref_dir, reference_name=name, only=only, **kw)]
+        run[f"audit_vs_{name}_s"] = round(time.perf_counter() - t, 1)
     rows = []
     for d, a in audited:
         lg = read_log(d / a["organism"] / "audit_log.json")
@@ -370,6 +393,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
             "suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
             "organism": a["organism"], "role": entry["role"], "truth": a["truth"],
             "truth_source": truth_source({"truth": a["truth"]}), "reference": a["reference"],
+            "reference_name": a.get("reference_name"),
             "verdict": a["verdict"], "deletion_score": a["deletion_score"], "reason": a["reason"],
             "lens_scores": {k: _lens_score(v) for k, v in lenses.items() if k != "behavior"},
             "relearn_recovery": _attack(lenses, "relearn"),

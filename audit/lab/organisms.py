@@ -51,7 +51,7 @@ CONSTRUCTIONS = ("head_only", "late_layers", "subject_offset", "noop")
 # suite built before them keeps its key and its organisms): suppression in the middle of the
 # network, answers ranked below the never-trained model, and a DELETED-truth model that
 # shares B's initialisation (:func:`_build_hard`)
-HARD_CONSTRUCTIONS = ("mid_block", "rmu_mid", "inverted", "lineage")
+HARD_CONSTRUCTIONS = ("mid_block", "rmu_mid", "inverted", "lineage", "lineage_b")
 # their settings, chosen on seeds 100 and 101 only (small preset world and shape, Llama and
 # GPT-2; docs/organisms.md has the measurements), so that behaviour drops (recovery < 0.5 on
 # ranking and greedy) and the retain score stays within 0.1 of base's
@@ -62,6 +62,10 @@ HARD_PARAMS: dict[str, dict[str, Any]] = {
     # phase 1: this fraction of base's schedule on retain only; phase 2: this fraction of
     # base's steps more, on retain only, at ``phase2_lr``
     "lineage": {"phase1_fraction": 0.5, "phase2_fraction": 0.15, "phase2_lr": 1e-3},
+    # a second continuation of the same phase-1 checkpoint, its batches drawn with another
+    # seed: a never-trained reference in B's basis (as open-unlearning's TOFU ``retain90``
+    # is fine-tuned from the same base), so that lineage can be audited against it
+    "lineage_b": {"phase1_fraction": 0.5, "phase2_fraction": 0.15, "phase2_lr": 1e-3, "phase2_seed_offset": 2},
 }
 # per-architecture changes to HARD_PARAMS. GPT-2's middle block, flooded at coefficient 6,
 # kept the forget answers (behaviour recovery 0.79 / 0.88 on seeds 100 / 101, retain intact);
@@ -518,28 +522,31 @@ def _build_hard(cfg: SuiteConfig, wanted: set[str], world: World, tok, base, ref
         entries["inverted"]["forget_ranking"] = {"unlearned": entries["inverted"]["forget_score"],
                                                  "reference_a": entries["reference_a"]["forget_score"],
                                                  "base": b["forget_score"]}
-    if "lineage" in wanted:
+    lineages = [x for x in ("lineage", "lineage_b") if x in wanted]
+    for i, name in enumerate(lineages):
         t = time.perf_counter()
-        hp = hard_params("lineage", cfg.shape.arch)
+        hp = hard_params(name, cfg.shape.arch)
         n1 = base_phase1_steps(cfg)
         n2 = max(1, round(hp["phase2_fraction"] * cfg.train.steps))
-        if phase1:  # base's own phase-1 checkpoint
-            m = phase1.pop("model")
+        last = i == len(lineages) - 1
+        if phase1:  # base's own phase-1 checkpoint (the last continuation takes it, the others a copy)
+            m = phase1.pop("model") if last else copy.deepcopy(phase1["model"])
             p1_hash, how = phase1["sha256"], "B's own phase-1 checkpoint (two-phase base)"
         else:
             m = make_model(cfg.shape, len(tok.get_vocab()), cfg.seed)
-            train_lm(m, retain_only, cfg.train, cfg.seed, "lineage phase 1", stop_at=n1)
+            train_lm(m, retain_only, cfg.train, cfg.seed, f"{name} phase 1", stop_at=n1)
             p1_hash = state_hash(m)
             how = ("base's seed and initial weights, retrained; not B's own phase-1 checkpoint (B trains on the "
                    "full corpus from step 0)")
-        train_lm(m, retain_only, cfg.train.model_copy(update={"steps": n2, "lr": hp["phase2_lr"]}), cfg.seed + 1,
-                 "lineage phase 2")
-        record("lineage", m, "lineage_reference", "DELETED",
+        seed2 = cfg.seed + hp.get("phase2_seed_offset", 1)
+        train_lm(m, retain_only, cfg.train.model_copy(update={"steps": n2, "lr": hp["phase2_lr"]}), seed2,
+                 f"{name} phase 2")
+        record(name, m, "lineage_reference", "DELETED",
                f"retain only for the first {n1} of base's {cfg.train.steps} scheduled steps (phase-1 checkpoint), "
-               f"then {n2} steps more on retain only; never a forget fact. Phase 1: {how}",
+               f"then {n2} steps more on retain only (batch seed {seed2}); never a forget fact. Phase 1: {how}",
                {**hp, "init_seed": cfg.seed, "phase1_steps": n1, "phase2_steps": n2,
-                "phase2_seed": cfg.seed + 1, "phase1_sha256": p1_hash}, t)
-        e = entries["lineage"]
+                "phase2_seed": seed2, "phase1_sha256": p1_hash}, t)
+        e = entries[name]
         e["retain_drop"] = b["retain_score"] - e["retain_score"]
         # which lineage reference this is: base's own phase-1 checkpoint, or the same-init retrain
         e["lineage"] = "base_phase1_checkpoint" if cfg.two_phase_base else "same_init_retrain"

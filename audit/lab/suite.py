@@ -32,9 +32,12 @@ def read_manifest(suite: str | Path) -> dict[str, Any]:
 def audit_suite(
     suite: str | Path, out: str | Path, *, lenses: list[str] | None = None, only: list[str] | None = None,
     seed: int = 0, options: dict[str, Any] | None = None, reference: bool = True, resume: bool = False,
-    on_log_written: Callable[[Path], None] | None = None,
+    on_log_written: Callable[[Path], None] | None = None, reference_name: str = "reference_a",
 ) -> list[dict[str, Any]]:
     """Run ``audit.run`` on each audited organism with base and ``reference_a`` as end points.
+
+    ``reference_name`` picks another of the suite's never-trained models as N (e.g.
+    ``lineage_b``, a reference in B's basis); that model is then not audited itself.
 
     A suite without ``reference_a`` (``audit organisms build --from smollm2``), or any suite
     with ``reference=False`` (the calibration's no-reference table), is audited without a
@@ -54,6 +57,8 @@ def audit_suite(
     suite, out = Path(suite), Path(out)
     man = read_manifest(suite)
     options = dict(options or {})
+    if reference and reference_name != "reference_a" and reference_name not in man["checkpoints"]:
+        raise InputError(f"the suite {suite} has no checkpoint '{reference_name}' to use as the reference")
     if "sae" in (lenses or []):  # the SAE trains on the organisms' training sentences too
         texts = [str(suite / f) for f in ("train_forget.txt", "train_retain.txt") if (suite / f).is_file()]
         lens_options = dict(options.get("lens_options") or {})
@@ -61,12 +66,13 @@ def audit_suite(
         options["lens_options"] = lens_options
     rows, reused = [], []
     for name, entry in man["checkpoints"].items():
-        if entry["role"] not in AUDITED_ROLES or name == "reference_a" or (only and name not in only):
+        if entry["role"] not in AUDITED_ROLES or name in ("reference_a", reference_name) or (only and name not in only):
             continue
         cfg = AuditConfig(
             base=str(suite / "base"), unlearned=str(suite / entry["path"]),
             # a real-model suite has no never-trained model: its end points are then estimated
-            reference=str(suite / "reference_a") if reference and "reference_a" in man["checkpoints"] else None,
+            reference=(str(suite / man["checkpoints"][reference_name]["path"])
+                       if reference and reference_name in man["checkpoints"] else None),
             forget=str(suite / man["forget"]), retain=str(suite / man["retain"]), out=str(out / name),
             lenses=lenses or ["behavior"], seed=seed, resume=resume, **options,
         )
@@ -78,6 +84,7 @@ def audit_suite(
         v = log.verdicts[0]
         rows.append({
             "organism": name, "role": entry["role"], "truth": entry["truth"], "reference": cfg.reference is not None,
+            "reference_name": reference_name if cfg.reference is not None else None,
             "verdict": v.label, "deletion_score": v.deletion_score,
             "reason": v.reason, "forget_score": entry["forget_score"], "retain_score": entry["retain_score"],
             "report": str(out / name / "report.html"),
