@@ -145,7 +145,13 @@ def render_calibration(result: dict[str, Any]) -> str:
                    "point is then estimated from base and unlearned model alone, and the verdict rule gives no "
                    "DELETED without a reference (docs/verdict.md). Here the never-trained models must not be "
                    "SUPPRESSED or NOT_UNLEARNED, and no SUPPRESSED-truth organism DELETED.</p>")
-    _scores(page, [r for r in result["rows"] if r["truth"] is not None and r.get("reference", True) is not False])
+    for name, table in (s.get("by_reference") or {}).items():
+        _confusion(page, table, f"Against {name}", f"vs-{name}",
+                   f"<p>The construction organisms and never-trained models of the suites that build "
+                   f"<code>{e(name)}</code> audited again with it as N (a never-trained model in B's basis, "
+                   "like TOFU's retain90; docs/calibration.md). Not in the main table.</p>")
+    _scores(page, [r for r in result["rows"] if r["truth"] is not None and r.get("reference", True) is not False
+                   and r.get("reference_name") in (None, "reference_a")])
     _per_lens(page, s)
     _methods(page, result.get("methods", []), result.get("methods_no_reference", []))
     runs = "".join(f"<tr><td>{e(r['suite'])}</td><td>{r['build_s']}</td><td>{r['audit_s']}</td>"

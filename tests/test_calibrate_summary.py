@@ -120,16 +120,35 @@ def test_default_preset_holds_the_open_answer_world():
     world = ref.world.model_copy(update={"n_people": 200, "n_forget": 80, "n_qa": 60})
     assert (v.world, v.shape, v.head_only_steps) == (world, ref.shape, ref.head_only_steps)
     assert v.train == ref.train.model_copy(update={"steps": 800})
-    assert v.seeds == [0] and v.constructions is None  # every construction of the preset, hard ones too
+    from audit.lab.organisms import CONSTRUCTIONS, HARD_CONSTRUCTIONS
+
+    # every construction, hard ones too, and lineage_b, the second in-basis reference, which the
+    # world's organisms are audited against a second time; the closed worlds build no lineage_b
+    assert v.seeds == [0] and v.constructions == [*CONSTRUCTIONS, *HARD_CONSTRUCTIONS]
+    assert v.extra_references == ["lineage_b"] and "lineage_b" not in d.constructions
+    assert all(x.constructions is None and not x.extra_references for x in d.variants if x is not v)
     assert d.two_phase_base
     from audit.lab.calibrate import suite_config
 
     cfg = suite_config(v, "gpt2", 0, d)
     assert (cfg.world, cfg.train, cfg.head_only_steps, cfg.seed) == (world, v.train, 1000, 0)
     assert cfg.shape == ref.shape.model_copy(update={"arch": "gpt2"}) and cfg.two_phase_base and cfg.methods
-    assert cfg.constructions == d.constructions and cfg.nulls
+    assert cfg.constructions == v.constructions and cfg.nulls
     # a closed-world variant keeps the default head-only steps (and so its key's shape)
     assert suite_config(d.variants[0], "llama", 0, d).head_only_steps == 3000
     # the closed-world variants: still one per seed
     closed = [x for x in d.variants if x is not v]
     assert sorted(s for x in closed for s in x.seeds) == [0, 1, 2]
+
+
+def test_rows_against_another_reference_get_a_table_of_their_own():
+    from reports.calibration import render_calibration
+
+    other = [{**r, "reference_name": "lineage_b"} for r in ROWS[:3]]
+    s = summarise([*ROWS, *other])
+    assert s == {**summarise(ROWS), "by_reference": s["by_reference"]}  # the main table is unchanged
+    t = s["by_reference"]["lineage_b"]
+    assert t["n_construction"] == 3 and t["confusion"]["DELETED"]["INCONCLUSIVE"] == 1
+    result = {"preset": "custom", "config": {}, "created": "now", "total_s": 1.0, "summary": s,
+              "rows": [*ROWS, *other], "methods": [], "methods_no_reference": [], "runs": []}
+    assert "Against lineage_b" in render_calibration(result)
