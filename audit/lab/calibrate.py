@@ -77,6 +77,9 @@ class Preset(BaseModel):
     variants: list[Variant]
     methods: bool = True
     """Also build and audit the GA/GradDiff/NPO/RMU organisms."""
+    audit_methods: bool = True
+    """Audit the method organisms the suites hold (off: only the construction organisms and
+    never-trained models, e.g. to calibrate new lenses on suites built with methods)."""
     constructions: list[str] | None = None
     """The construction organisms of every suite (``SuiteConfig.constructions``; ``None``:
     those of ``audit.lab.organisms.CONSTRUCTIONS``, without issue 18's hard ones)."""
@@ -365,7 +368,8 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
     kw: dict[str, Any] = {"lenses": p.lenses, "seed": seed, "options": {"lens_options": p.lens_options},
                           "resume": resume, "on_log_written": on_log_written}
     t = time.perf_counter()
-    audited = [(out_dir, a) for a in audit_suite(suite_dir, out_dir, **kw)]
+    main_only = None if p.audit_methods else [k for k, e in man["checkpoints"].items() if e["role"] != "method"]
+    audited = [(out_dir, a) for a in audit_suite(suite_dir, out_dir, only=main_only, **kw)]
     run = {"suite": tag, "arch": arch, "seed": seed, "variant": variant.name,
            "build_s": round(t_build, 1), "audit_s": round(time.perf_counter() - t, 1),
            "build_total_s": man.get("total_s"), "build_timings_s": man.get("timings_s")}
