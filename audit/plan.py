@@ -448,6 +448,19 @@ def _similarity(inp: PlanInputs, cfg: Any) -> LensPlan:
     return LensPlan("similarity", counted="linear CKA on the shared activations (CPU)", uses_activations=True)
 
 
+@counts("parametric")
+def _parametric(inp: PlanInputs, cfg: Any) -> LensPlan:
+    f = inp.facts
+    prompts = list(inp.forget.prompts) + list(inp.retain.prompts)
+    w = Work().forwards(prompts, inp.batch_size, times=inp.n_models)
+    d_mlp = 4 * f.d_model  # not in ModelFacts: the usual MLP width
+    # every value vector's activation per item, and its logit on each candidate of an item chunk (fp32)
+    held = max(inp.forget.n, inp.retain.n) * f.n_layers * d_mlp * FP32 + (1 << 24) * FP32 * 3
+    return LensPlan("parametric", {"MLP activations": w},
+                    f"one forward of every prompt per model (MLP activations at the last token), {inp.n_models} "
+                    "models; the rest from the weights", device_bytes=0, host_bytes=held)
+
+
 def _per_pass(inp: PlanInputs, budget_tokens: int) -> int:
     """Sequences of one edit pass: the engine fits ``budget_tokens`` into a pass, at the longest sequence."""
     longest = max(inp.forget.score_lengths() + inp.retain.score_lengths(), default=1)
@@ -661,6 +674,38 @@ def _relearn(inp: PlanInputs, cfg: Any) -> LensPlan:
         device_bytes=state + _training_bytes(inp, batch_max, longest), uses_scores=True)
 
 
+@counts("prompt_attacks")
+def _prompt_attacks(inp: PlanInputs, cfg: Any) -> LensPlan:
+    fg, rt = inp.forget, inp.retain
+
+    def text(s: str) -> int:  # template text, about four characters a token
+        return max(1, math.ceil(len(s) / 4))
+
+    shots = round(cfg.shots * (sum(fg.training_lengths()) / max(1, fg.n) + 1))
+    extra = {"answer_forcing": text(cfg.forcing_prefix), "question_form": text(cfg.question_template),
+             "multiple_choice": text(cfg.options_template) + round(sum(len(c) for cs in fg.candidates for c in cs)
+                                                                   / max(1, fg.n)),
+             "in_context": shots}
+    conditions = [("no attack", 0, False)] + [(a, extra[a], True) for a in dict.fromkeys(cfg.attacks)]
+    if "in_context" in cfg.attacks and rt.n:
+        conditions.append(("retain shots", round(cfg.shots * (sum(rt.training_lengths()) / max(1, rt.n) + 1)), False))
+    named = fg.named if cfg.prior_calibration else ()
+    w, longest = Work(), []
+    for name, more, side in conditions:
+        own = [] if name == "no attack" else fg.score_lengths()  # the plain prompts are the shared scores
+        lengths = [x + more for x in own + fg.score_lengths(named) * min(cfg.placeholders, inp.placeholders)]
+        if side:
+            lengths += [x + more for x in rt.score_lengths()]
+        w.forwards(lengths, inp.batch_size, times=inp.n_models)
+        longest.append(max(lengths, default=0))
+    return LensPlan(
+        "prompt_attacks", {"score attacked prompts": w},
+        f"{len(conditions)} conditions × {inp.n_models} models × ({fg.n} forget items + {len(named)} × "
+        f"{min(cfg.placeholders, inp.placeholders)} with the subject replaced + {rt.n} retain items)",
+        device_bytes=_logits_bytes(inp, min(inp.batch_size, w.forward) * max(longest, default=0)), uses_scores=True,
+        notes=["prompt_attacks: the question form is counted as run; it is skipped where the items carry no question"])
+
+
 @counts("leak_at_k")
 def _leak_at_k(inp: PlanInputs, cfg: Any) -> LensPlan:
     f = inp.facts
@@ -680,6 +725,25 @@ def _leak_at_k(inp: PlanInputs, cfg: Any) -> LensPlan:
         f"{inp.n_models} models × {fg.n} prompts × {cfg.n} samples × {new} tokens",
         device_bytes=kv + rows * f.d_vocab * FP32 * 3 + min(fg.n, per_batch) * longest * f.d_vocab * inp.weight_bytes,
         uses_scores=True)
+
+
+@counts("mia")
+def _mia(inp: PlanInputs, cfg: Any) -> LensPlan:
+    # one text per (item, value): the answer and up to 2 × rounds other items' answers; a set
+    # whose answers are all one token forwards each prompt once and reads every value at its end
+    lengths: list[int] = []
+    for s in (inp.forget, inp.retain):
+        answers = [len(c[0]) for c in s.candidates]
+        if all(a == 1 for a in answers):
+            lengths += list(s.prompts)
+            continue
+        texts = 1 + min(2 * cfg.rounds, max(0, s.n - 1))
+        mean_answer = round(sum(answers) / max(1, len(answers)))
+        lengths += [p + mean_answer for p in s.prompts for _ in range(texts)]
+    w = Work().forwards(lengths, inp.batch_size, times=inp.n_models)
+    tokens = min(inp.batch_size, len(lengths)) * max(lengths, default=0)
+    return LensPlan("mia", {"texts": w}, f"{inp.n_models} models × {len(lengths)} texts (true and answer-swapped)",
+                    device_bytes=_logits_bytes(inp, tokens) + tokens * inp.facts.d_vocab * FP32)
 
 
 def plan_from(inputs: PlanInputs, lens_configs: dict[str, Any], calibration: Calibration | None = None) -> Plan:
