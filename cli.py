@@ -645,6 +645,62 @@ def calibrate_cmd(
     _say(f"report: {out / 'calibration.html'}")
 
 
+@app.command("sweep")
+def sweep_cmd(
+    manifest: Annotated[Path, typer.Argument(help="Manifest (YAML, or .jsonl): 'defaults' and a list of 'audits', "
+                                                  "each an `audit run` config with a name.")],
+    out: Annotated[Path, typer.Option(help="Output folder: OUT/<name>/audit_log.json per audit, sweep.json, "
+                                           "sweep.html.")] = Path("sweep_out"),
+    address: Annotated[Optional[str], typer.Option(
+        help="Ray cluster to join (as `ray start --head` prints it; 'auto': the one on this machine). Default: "
+             "a local Ray instance.")] = None,
+    num_cpus: Annotated[Optional[int], typer.Option(help="CPUs of the local Ray instance (default: all).")] = None,
+    cpus_per_audit: Annotated[float, typer.Option(help="CPUs (torch threads) each audit asks for.")] = 1,
+    gpu_memory: Annotated[Optional[float], typer.Option(
+        help="GiB of one GPU, to pack cuda audits by their planned memory (default: this machine's GPU; "
+             "without one, a whole GPU per audit).")] = None,
+) -> None:
+    """Run many audits from a manifest on Ray; finished audits are kept, a rerun resumes.
+
+    Exit code 0: every audit ran (policy results are in the table); 1: some audit failed; 2: bad manifest or usage.
+    """
+    _setup()
+    caught: dict[str, float] = {}
+    try:
+        with _interruptible(caught):
+            from audit.sweep import sweep
+
+            res = sweep(manifest, out, address=address, num_cpus=num_cpus, cpus_per_audit=cpus_per_audit,
+                        gpu_memory=None if gpu_memory is None else gpu_memory * 2**30, on_log_written=_render_report)
+    except InputError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        signum = int(caught.get("signal", signal.SIGINT))
+        _say(f"interrupted ({signal.Signals(signum).name}): finished audits are kept in {out}; rerun the same "
+             "command to resume", "red")
+        raise typer.Exit(128 + signum) from None
+    from audit.atomic import atomic_write_text
+    from reports.sweep import render_sweep
+
+    atomic_write_text(out / "sweep.html", render_sweep(res))
+    table = Table(title=Text(f"Sweep {manifest}"))
+    for col in ("audit", "label", "deletion score", "retain drop", "policy", "time"):
+        table.add_column(col, overflow="fold")
+    for r in res["rows"]:
+        if r["status"] == "failed":
+            table.add_row(Text(r["name"]), Text("failed", style="red"), "—", "—", "—", Text(r["error"] or ""))
+            continue
+        drop = r["retain"].get("drop")
+        table.add_row(Text(r["name"]), Text(r["label"], style=LABEL_STYLE.get(r["label"], "")),
+                      f"{r['deletion_score']:.2f}", "—" if drop is None else f"{drop:.2f}",
+                      "passed" if r["policy_passed"] else "failed",
+                      "—" if r["seconds"] is None else f"{r['seconds']:.1f}s")
+    Console(width=160).print(table)
+    _say(f"results: {out / 'sweep.json'}  report: {out / 'sweep.html'}")
+    if any(r["status"] == "failed" for r in res["rows"]):
+        raise typer.Exit(1)
+
+
 _CONSOLE_SCRIPT = False
 """Whether ``audit`` runs as its own process (not in a test's CliRunner, whose process
 must keep its signal handlers)."""

@@ -9,13 +9,10 @@ from typing import Any
 
 from audit.config import AuditConfig
 from audit.errors import InputError
-from audit.items import items_hash
-from audit.models import content_hash
-from audit.policy import load_policy
 from audit.progress import log as logger
-from audit.registry import available_lenses
-from audit.run import library_versions, load_items, model_paths, run
-from audit.schema import AuditLog, read_log
+from audit.run import run
+from audit.schema import AuditLog
+from audit.sweep import finished_log
 
 # the checkpoints that are audited as "unlearned" models (base and reference_a are end points);
 # a lineage reference (issue 18) is audited like the never-trained ones, with reference_a as N
@@ -45,7 +42,7 @@ def audit_suite(
 
     With ``resume``, an organism whose ``OUT/<organism>/audit_log.json`` finished under the
     same settings, checkpoint and item contents, policy and package version (see
-    :func:`_stale`) is not audited again: its row is read back from that log. Any other
+    :func:`audit.sweep.stale_reason`) is not audited again: its row is read back from that log. Any other
     organism runs with ``AuditConfig(resume=True)``, so one stopped mid-way continues from
     its finished lenses.
 
@@ -97,62 +94,10 @@ def audit_suite(
     return rows
 
 
-# AuditConfig fields that change no result: where the log goes, resources, caches, resume itself
-_RESOURCE_FIELDS = ("out", "batch_size", "cache_dir", "resume", "low_memory")
-
-
-def _plain(d: dict[str, Any]) -> Any:
-    # through JSON, so a dumped model and one read back from a log compare alike (tuples, 1 vs 1.0)
-    return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-def _settings(config: dict[str, Any]) -> Any:
-    return _plain({k: v for k, v in config.items() if k not in _RESOURCE_FIELDS})
-
-
-def _stale(cfg: AuditConfig, log: AuditLog) -> str | None:
-    """Why ``log`` is not what ``run(cfg)`` would produce now (None: it is).
-
-    Compared: every setting of ``cfg`` but :data:`_RESOURCE_FIELDS` (paths, lenses, lens
-    options, seed, dtype, item format, ...); the content hash of each checkpoint (a rebuilt
-    suite keeps its paths); the forget and retain items as loaded (items the model changed,
-    by a chat template or by dropping, never match, so such a log is always redone); the
-    policy; the package version; and the code version of each lens (``lens_version``).
-    """
-    if log.status != "success" or log.error is not None or not log.verdicts:
-        return "it did not finish"
-    if _settings(log.config) != _settings(cfg.model_dump(mode="json")):
-        return "its settings differ"
-    paths = model_paths(cfg)
-    if set(log.models) != set(paths) or any(content_hash(p) != log.models[r].hash for r, p in paths.items()):
-        return "a checkpoint changed"
-    for k, its in load_items(cfg)[1].items():
-        if k not in log.items or items_hash(its) != log.items[k].hash:
-            return f"the {k} items changed"
-    if _plain(log.policy) != _plain(load_policy(cfg.policy).model_dump()):
-        return "the policy changed"
-    if log.versions.get("unlearning-audit") != library_versions().get("unlearning-audit"):
-        return "it was made by another version of the auditor"
-    lenses = available_lenses()
-    for name, res in log.lenses.items():
-        if name in lenses and res.lens_version != lenses[name].version:
-            return f"lens {name} changed (version {res.lens_version}, now {lenses[name].version})"
-    return None
-
-
 def _finished(cfg: AuditConfig, on_log_written: Callable[[Path], None] | None = None) -> AuditLog | None:
-    """The finished ``audit_log.json`` in ``cfg.out`` if :func:`_stale` finds nothing against it."""
-    p = Path(cfg.out) / "audit_log.json"
-    if not p.is_file():
-        return None
-    try:
-        log = read_log(p)
-        why = _stale(cfg, log)
-    except (InputError, OSError) as e:  # an unreadable log or a missing checkpoint: audit it afresh
-        why = str(e)
-    if why is not None:
-        logger.info("%s: the earlier audit is not reused (%s); auditing again", cfg.out, why)
-        return None
-    if on_log_written is not None and not (Path(cfg.out) / "report.html").is_file():
-        on_log_written(p)  # the run stopped between the log and its report
+    """The finished ``audit_log.json`` in ``cfg.out`` if nothing is stale against it
+    (:func:`audit.sweep.stale_reason`, the same check ``audit sweep`` makes)."""
+    log = finished_log(cfg)
+    if log is not None and on_log_written is not None and not (Path(cfg.out) / "report.html").is_file():
+        on_log_written(Path(cfg.out) / "audit_log.json")  # the run stopped between the log and its report
     return log
