@@ -214,7 +214,7 @@ def test_the_report_draws_the_section_and_the_plan_counts_it(suite, tmp_path):
     assert "parametric" in COUNTERS
 
 
-def test_smollm2_capitals_run_in_seconds(tmp_path):
+def test_smollm2_capitals_runs(tmp_path):
     """SmolLM2-135M (a ``.gguf`` with tied embeddings) on the capitals items: the lens runs."""
     from audit.lab.realmodel import GGUF_NAME, capital_items
 
@@ -235,6 +235,5 @@ def test_smollm2_capitals_run_in_seconds(tmp_path):
     check_lens_data(res)
     d = res.data
     assert len(d["per_layer"]["base"]) == 30 and d["scores"]["weighted"]["base"] == d["scores"]["weighted"]["unlearned"]
-    assert took < 120, took
     print(f"parametric on SmolLM2, 24 + 24 capitals items, B = U: {took:.1f}s; scores {d['scores']}; "
           f"recoveries {[(r.reading, round(r.value, 3), r.informative) for r in res.recoveries]}")
