@@ -1,6 +1,6 @@
 """``make bench``: run every benchmark of issues #8 and #19 and write ``benchmarks/results.md``.
 
-    python -m benchmarks.run                 # all eight, table to benchmarks/results.md
+    python -m benchmarks.run                 # all nine, table to benchmarks/results.md
     python -m benchmarks.run --only 3,4      # some, table to stdout
     python -m benchmarks.run --quick         # smaller sizes (a smoke test, not for results.md)
 
@@ -32,6 +32,7 @@ BENCHES = {
     "6": ("memory", "benchmarks.bench_memory"),
     "7": ("1B-class checkpoint", "benchmarks.bench_real_1b"),
     "8": ("sweep overhead", "benchmarks.bench_sweep"),
+    "9": ("issue-21 lenses on SmolLM2", "benchmarks.bench_new_lenses"),
 }
 RESULTS = Path(__file__).resolve().parent / "results.md"
 
@@ -69,7 +70,7 @@ def _fmt_met(met: bool | None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--only", help="comma-separated benchmark numbers (1-8)")
+    ap.add_argument("--only", help="comma-separated benchmark numbers (1-9)")
     ap.add_argument("--quick", action="store_true", help="smaller sizes; a smoke test")
     ap.add_argument("--out", help="markdown file to write (default: benchmarks/results.md for a full run, else stdout)")
     args = ap.parse_args(argv)
