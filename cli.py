@@ -593,7 +593,7 @@ def calibrate_cmd(
     out: Annotated[Path, typer.Option(help="Output folder (calibration.json, calibration.html, audit logs).")] = Path(
         "calibration_out"),
     suites: Annotated[Optional[Path], typer.Option(help="Where organism suites are built or reused.")] = None,
-    jobs: Annotated[int, typer.Option(help="Suites built and audited at once, one process each.")] = 1,
+    jobs: Annotated[int, typer.Option(help="Suites built and audited at once, each a task on a local Ray instance (as `audit sweep`).")] = 1,
     threads: Annotated[Optional[int], typer.Option(
         help="Torch threads per job (default: CPU cores / jobs when jobs > 1).")] = None,
     no_reference: Annotated[Optional[bool], typer.Option(

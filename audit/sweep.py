@@ -400,7 +400,7 @@ def _plan_key(cfg: AuditConfig) -> str:
 # ------------------------------------------------------------------- the sweep
 
 
-def _start_ray(address: str | None, num_cpus: int | None) -> bool:
+def _start_ray(address: str | None, num_cpus: int | None, *, log_to_driver: bool = False) -> bool:
     """Join the cluster at ``address``, or start a local instance; True if started here."""
     import logging
 
@@ -409,7 +409,7 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
     logging.getLogger("ray").setLevel(logging.ERROR)
     if ray.is_initialized():
         return False
-    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": False,
+    kw: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": log_to_driver,
                           "configure_logging": True}
     if address:
         try:
@@ -419,6 +419,23 @@ def _start_ray(address: str | None, num_cpus: int | None) -> bool:
         return True
     ray.init(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES, **kw)
     return True
+
+
+def ray_map(fn: Callable[..., Any], calls: list[tuple[Any, ...]], *, cpus_per_call: float,
+            num_cpus: int | None = None, address: str | None = None) -> list[Any]:
+    """``[fn(*c) for c in calls]``, each call a Ray task asking for ``cpus_per_call`` CPUs, on
+    the engine ``audit sweep`` uses (a local instance started and stopped here, or the
+    cluster at ``address``); results in the order of ``calls``. Workers' output reaches
+    this process's terminal. ``audit calibrate --jobs N`` runs its suites through it."""
+    import ray
+
+    started = _start_ray(address, num_cpus, log_to_driver=True)
+    try:
+        task = ray.remote(fn).options(num_cpus=cpus_per_call, max_retries=0)
+        return ray.get([task.remote(*c) for c in calls])
+    finally:
+        if started:
+            ray.shutdown()
 
 
 def sweep(

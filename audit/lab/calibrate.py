@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
 import os
 import platform
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -346,7 +344,7 @@ def _calibrate_suite(variant_d: dict[str, Any], arch: str, seed: int, suites: st
                      on_log_written: Callable[[Path], None] | None = None) -> dict[str, Any]:
     """Build (or reuse) one suite and audit its organisms; returns its run record and rows.
 
-    Runs in a worker process under ``--jobs``; also writes ``OUT/<suite>/calibration_rows.json``,
+    Runs in a Ray worker under ``--jobs`` > 1; also writes ``OUT/<suite>/calibration_rows.json``,
     so the suites already finished are kept when a long calibration is stopped. With ``resume``,
     organisms whose audits finished under the same inputs and settings are read back
     (:func:`audit.lab.suite.audit_suite`).
@@ -423,8 +421,9 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         out: output folder (per-organism audit logs and the calibration files).
         preset: ``small`` (CI), ``default``, or a :class:`Preset`.
         suites: where suites are built/reused (default ``OUT/suites``).
-        jobs: suites built and audited at once, each in its own process with
-            ``threads`` torch threads (1: one after another in this process).
+        jobs: suites built and audited at once, each a task on a local Ray instance of
+            ``jobs × threads`` CPUs (:func:`audit.sweep.ray_map`, the engine of ``audit sweep``);
+            1: in this process.
         threads: torch threads per job (default ``cpu_count // jobs`` with ``jobs`` > 1,
             torch's own setting otherwise).
         no_reference: also audit every organism with N withheld, for the no-reference table
@@ -464,10 +463,11 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
             for v, arch, seed in tasks]
     if jobs == 1:
         done = [_calibrate_suite(*a) for a in args]
-    else:
-        log.info("calibrating %d suites in %d processes (%s torch threads each)", len(args), jobs, threads)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            done = list(pool.map(_calibrate_suite, *zip(*args, strict=True)))
+    else:  # on Ray, the engine of `audit sweep`: a local instance of jobs × threads CPUs
+        from audit.sweep import ray_map
+
+        log.info("calibrating %d suites in %d Ray workers (%s torch threads each)", len(args), jobs, threads)
+        done = ray_map(_calibrate_suite, args, cpus_per_call=threads, num_cpus=jobs * threads)
     runs = [d["run"] for d in done]
     rows = [r for d in done for r in d["rows"]]
     result = {
