@@ -214,13 +214,15 @@ def test_the_report_draws_the_section_and_the_plan_counts_it(suite, tmp_path):
     assert "parametric" in COUNTERS
 
 
-def test_smollm2_capitals_runs(tmp_path):
+def test_smollm2_capitals_runs(tmp_path, monkeypatch):
     """SmolLM2-135M (a ``.gguf`` with tied embeddings) on the capitals items: the lens runs."""
     from audit.lab.realmodel import GGUF_NAME, capital_items
 
     gguf = _PERSISTENT / "smollm2" / GGUF_NAME
     if not gguf.is_file():
         pytest.skip("SmolLM2 is not cached here (tests/test_realmodel.py fetches it)")
+    # its own cache: the session's stays empty for test_realmodel, which checks that its load converts
+    monkeypatch.setenv("AUDIT_CACHE", str(tmp_path / "cache"))
     items = capital_items()
     forget, retain = items[:24], items[24:48]
     m = load_model(gguf, "base")
