@@ -134,8 +134,8 @@ def _counted(monkeypatch, version: str) -> list[int]:
 
 def test_a_failed_run_writes_status_error_and_keeps_finished_lenses(suite, tmp_path, monkeypatch):
     import audit.run
-    from audit.sweep import stale_reason as _stale
     from audit.run import run
+    from audit.sweep import stale_reason as _stale
 
     out = tmp_path / "o"
     written = []

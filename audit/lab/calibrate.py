@@ -467,7 +467,8 @@ def calibrate(out: str | Path, preset: str | Preset = "small", *, suites: str | 
         from audit.sweep import ray_map
 
         log.info("calibrating %d suites in %d Ray workers (%s torch threads each)", len(args), jobs, threads)
-        done = ray_map(_calibrate_suite, args, cpus_per_call=threads, num_cpus=jobs * threads)
+        per = threads or 1  # set above whenever jobs > 1
+        done = ray_map(_calibrate_suite, args, cpus_per_call=per, num_cpus=jobs * per)
     runs = [d["run"] for d in done]
     rows = [r for d in done for r in d["rows"]]
     result = {
