@@ -35,6 +35,27 @@ def cached_scores(m: LoadedModel, items: Sequence[KnowledgeItem], batch_size: in
                        ScoreResult.to_dict, ScoreResult.from_dict)
 
 
+def mean_candidate_logprobs(models: Mapping[str, LoadedModel], role: str, flat: Sequence[tuple[int, KnowledgeItem]],
+                            shape: tuple[int, int], batch_size: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Score every ``(row, item)`` of ``flat`` with ``role``'s model and average each row's
+    candidate log-probs (``[rows, width]``, zero-padded); beside it, which rows had an item.
+    The prior over answer values is this mean over an item's subject-replaced copies. The
+    model is not touched when ``flat`` is empty."""
+    out, done = np.zeros(shape), np.zeros(shape[0], dtype=bool)
+    if not flat:
+        return out, done
+    m = models[role]
+    s = cached_scores(m, [it for _, it in flat], batch_size, f"{role} model ({m.path}), {what}")
+    rows: dict[int, list[list[float]]] = {}
+    for (r, _), lp in zip(flat, s.candidate_logprobs, strict=True):
+        rows.setdefault(r, []).append(lp)
+    for r, lps in rows.items():
+        a = np.asarray(lps, dtype=float)
+        out[r, : a.shape[1]] = a.mean(axis=0)
+        done[r] = True
+    return out, done
+
+
 def placeholder_names(pool: list[str], known: set[str], k: int, seed: int) -> list[str]:
     """``k`` names built from parts of other subjects, none of them a subject any model may know.
 
@@ -177,19 +198,9 @@ class AuditContext:
             ph = self.placeholder_items(item_set)
             items = self.items[item_set]
             width = max((len(it.candidates) for it in items), default=1)
-            out = np.zeros((len(items), width))
             flat = [(i, c) for i, cs in enumerate(ph) if cs for c in cs]
-            if flat:
-                m = self.models[role]
-                s = cached_scores(m, [c for _, c in flat], self.config.batch_size,
-                                  f"{role} model ({m.path}), subject replaced")
-                rows: dict[int, list[list[float]]] = {}
-                for (i, _), lp in zip(flat, s.candidate_logprobs, strict=True):
-                    rows.setdefault(i, []).append(lp)
-                for i, lps in rows.items():
-                    a = np.asarray(lps, dtype=float)
-                    out[i, : a.shape[1]] = a.mean(axis=0)
-            self._priors[key] = out
+            self._priors[key] = mean_candidate_logprobs(self.models, role, flat, (len(items), width),
+                                                        self.config.batch_size, "subject replaced")[0]
         return self._priors[key]
 
     def calibrated(self, role: str, item_set: str = "forget") -> list[list[float]]:

@@ -47,7 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.context import AuditContext, cached_scores
+from audit.context import AuditContext, cached_scores, mean_candidate_logprobs
 from audit.items import KnowledgeItem
 from audit.lensdata import PromptAttacksConfig, PromptAttacksData
 from audit.progress import progress
@@ -207,25 +207,12 @@ def _prior(ctx: AuditContext, role: str, transform: Transform, rows: Sequence[in
            k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per item of ``rows``, the model's mean candidate log-probs under the attack with the
     subject replaced by ``k`` names no model saw (``[rows, width]``), and whether it was read."""
-    out = np.zeros((len(rows), width))
-    done = np.zeros(len(rows), dtype=bool)
     if k < 1:
-        return out, done
+        return np.zeros((len(rows), width)), np.zeros(len(rows), dtype=bool)
     ph = ctx.placeholder_items("forget")
     flat = [(r, transform(i, c)) for r, i in enumerate(rows) if ph[i] for c in (ph[i] or [])[:k]]
-    if not flat:
-        return out, done
-    m = ctx.models[role]
-    s = cached_scores(m, [c for _, c in flat], ctx.config.batch_size,
-                      f"{role} model ({m.path}), prompt attacked, subject replaced")
-    acc: dict[int, list[list[float]]] = {}
-    for (r, _), lp in zip(flat, s.candidate_logprobs, strict=True):
-        acc.setdefault(r, []).append(lp)
-    for r, lps in acc.items():
-        a = np.asarray(lps, dtype=float)
-        out[r, : a.shape[1]] = a.mean(axis=0)
-        done[r] = True
-    return out, done
+    return mean_candidate_logprobs(ctx.models, role, flat, (len(rows), width), ctx.config.batch_size,
+                                   "prompt attacked, subject replaced")
 
 
 def _attacked_scores(ctx: AuditContext, role: str, transform: Transform, rows: Sequence[int],
