@@ -226,6 +226,26 @@ def check_finite(
 
 
 @torch.no_grad()
+def candidate_sequences(
+    prompts: Sequence[list[int]], candidates: Sequence[Sequence[list[int]]],
+) -> tuple[list[list[int]], list[list[tuple[int, int, int, list[int]]]]]:
+    """The sequences to forward to read every candidate after its prompt, and per sequence
+    what to read from it: ``(item, candidate, prompt length, candidate ids)``. An item whose
+    candidates are all one token forwards its prompt alone (each read at the last position);
+    the others forward each prompt + candidate."""
+    seqs: list[list[int]] = []
+    reads: list[list[tuple[int, int, int, list[int]]]] = []
+    for i, (p, cands) in enumerate(zip(prompts, candidates, strict=True)):
+        if all(len(c) == 1 for c in cands):
+            seqs.append(list(p))
+            reads.append([(i, j, len(p), c) for j, c in enumerate(cands)])
+        else:
+            for j, c in enumerate(cands):
+                seqs.append(p + c)
+                reads.append([(i, j, len(p), c)])
+    return seqs, reads
+
+
 def score_items(
     forward: ForwardFn,
     tokenizer,
@@ -263,16 +283,7 @@ def score_items(
     # prompt forwarded: every candidate is read at the prompt's last position, the same
     # numbers as forwarding prompt + candidate (the model is causal). Others forward
     # each prompt + candidate sequence.
-    seqs: list[list[int]] = []
-    reads: list[list[tuple[int, int, int, list[int]]]] = []  # per sequence: (item, candidate, prompt len, ids)
-    for i, (p, cands) in enumerate(zip(enc.prompts, enc.candidates, strict=True)):
-        if all(len(c) == 1 for c in cands):
-            seqs.append(list(p))
-            reads.append([(i, j, len(p), c) for j, c in enumerate(cands)])
-        else:
-            for j, c in enumerate(cands):
-                seqs.append(p + c)
-                reads.append([(i, j, len(p), c)])
+    seqs, reads = candidate_sequences(enc.prompts, enc.candidates)
     order = sorted(range(len(seqs)), key=lambda k: len(seqs[k]))
     lp_out = [[0.0] * len(c) for c in enc.candidates]
     greedy = np.zeros(len(enc.prompts), dtype=bool)

@@ -59,7 +59,14 @@ from audit.lensdata import MiaConfig, MiaData
 from audit.models import LoadedModel, cached_json
 from audit.registry import register_lens
 from audit.schema import LensResult, Recovery
-from audit.scoring import check_finite, encode_continuation, encode_prompt, pad_batch, pad_id_of
+from audit.scoring import (
+    candidate_sequences,
+    check_finite,
+    encode_continuation,
+    encode_prompt,
+    pad_batch,
+    pad_id_of,
+)
 
 MIA_CACHE_VERSION = "1"
 STATISTICS = ("Min-K%++", "Min-K%", "LOSS", "zlib")
@@ -152,18 +159,11 @@ def model_statistics(m: LoadedModel, items: Sequence[KnowledgeItem], values: Seq
     per text (the prompt once where every value is one token)."""
     tok = m.tokenizer
     pad = pad_id_of(tok)
-    seqs: list[list[int]] = []
-    reads: list[list[tuple[int, int, int, list[int]]]] = []  # per sequence: (item, value, prompt len, ids)
-    for i, (it, vals) in enumerate(zip(items, values, strict=True)):
-        p = encode_prompt(tok, it.prompt)
-        conts = [encode_continuation(tok, it.prompt, v, p) for v in vals]
-        if all(len(c) == 1 for c in conts):
-            seqs.append(list(p))
-            reads.append([(i, j, len(p), c) for j, c in enumerate(conts)])
-        else:
-            for j, c in enumerate(conts):
-                seqs.append(p + c)
-                reads.append([(i, j, len(p), c)])
+    prompts = [encode_prompt(tok, it.prompt) for it in items]
+    conts = [[encode_continuation(tok, it.prompt, v, p) for v in vals]
+             for it, vals, p in zip(items, values, prompts, strict=True)]
+    # per sequence: (item, value, prompt len, ids)
+    seqs, reads = candidate_sequences(prompts, conts)
     order = sorted(range(len(seqs)), key=lambda s: len(seqs[s]))
     out: list[list[list[float]]] = [[[math.nan] * len(STATISTICS) for _ in v] for v in values]
 
