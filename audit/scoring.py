@@ -225,7 +225,6 @@ def check_finite(
     )
 
 
-@torch.no_grad()
 def candidate_sequences(
     prompts: Sequence[list[int]], candidates: Sequence[Sequence[list[int]]],
 ) -> tuple[list[list[int]], list[list[tuple[int, int, int, list[int]]]]]:
@@ -246,6 +245,7 @@ def candidate_sequences(
     return seqs, reads
 
 
+@torch.no_grad()
 def score_items(
     forward: ForwardFn,
     tokenizer,

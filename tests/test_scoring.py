@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 
 from audit.errors import InputError
 from audit.items import KnowledgeItem
@@ -30,6 +33,29 @@ def test_base_scores_far_above_reference_on_forget(suite, manifest, base_model):
     # batching must not change the numbers
     sb1 = score_items(base_model.forward, base_model.tokenizer, forget[:9], batch_size=1)
     np.testing.assert_allclose(sb1.margins, sb.margins[:9], atol=1e-4)
+
+
+def test_scoring_builds_no_autograd_graph(suite, manifest, base_model):
+    # scoring forwards without gradients: a forward with them leaves tensors that are not graph
+    # leaves inside the bridge (its captured pre-norm residuals), which the relearn lens's copy
+    # of the model cannot deep-copy (a review mend once moved the decorator off score_items)
+    grad_modes = []
+
+    def forward(ids, mask):
+        grad_modes.append(torch.is_grad_enabled())
+        return base_model.forward(ids, mask)
+
+    params = list(base_model.bridge.parameters())
+    before = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        score_items(forward, base_model.tokenizer, load_items(suite / manifest["forget"])[:4])
+        assert grad_modes and not any(grad_modes)
+        copy.deepcopy(base_model.bridge)
+    finally:
+        for p, r in zip(params, before, strict=True):
+            p.requires_grad_(r)
 
 
 class _DroppingTokenizer:
