@@ -97,6 +97,14 @@ def load_items(config: AuditConfig) -> tuple[dict[str, ItemSet], dict[str, list]
     sets = {k: load_item_set(getattr(config, k), config.format, role=k, qa_template=config.qa_template,
                              mc_mode=config.mc_mode, seed=config.seed) for k in ("forget", "retain")}
     items = {k: s.items for k, s in sets.items()}
+    # a dataset folder or hub dataset named for both, whose forget and retain read the same split
+    # (check_config compares files only: these resolve to their rows here)
+    pairs = {k: {(it.prompt, it.answer) for it in v} for k, v in items.items()}
+    if pairs["forget"] == pairs["retain"]:
+        where = {k: s.source + (f" (split {s.split})" if s.split else "") for k, s in sets.items()}
+        raise InputError(f"--forget ({where['forget']}) and --retain ({where['retain']}) read the same items; the "
+                         "retain set must be facts the unlearning was meant to keep (name each one's split, "
+                         "e.g. org/name:CONFIG:SPLIT)")
     if config.max_items:
         items = {k: v[: config.max_items] for k, v in items.items()}
     return sets, items

@@ -175,6 +175,8 @@ BAD_RUN = {
     "forget is retain": (lambda s, d: {"retain": s / "forget.jsonl"}, "are the same item set"),
     "forget equals retain (copy)": (lambda s, d: {"retain": shutil.copy(s / "forget.jsonl", d / "copy.jsonl")},
                                     "are the same item set"),
+    "forget equals retain (reordered)": (lambda s, d: {"retain": _write(d, "reordered.jsonl", "\n".join(
+        reversed((s / "forget.jsonl").read_text().splitlines())) + "\n")}, "read the same items"),
     "10 MB prompt line": (lambda s, d: {"forget": _items_with(s, d, 3, prompt="word " * 2_000_000)},
                           "f.jsonl:4: line longer than 1 MiB"),
     "item file not UTF-8": (lambda s, d: {"forget": _write(d, "f.jsonl", b'{"id": "\xff"}\n')}, "not UTF-8 text"),
