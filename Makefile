@@ -46,8 +46,11 @@ browser:
 	else echo "chromium/chromedriver not found and cannot apt-get install them here (needs root and apt):" \
 		"tests/test_report_browser.py will be skipped; install Debian's chromium and chromium-driver to run it"; fi
 
+# two pytest workers (pytest-xdist), one module each at a time, one torch thread each (tests/conftest.py)
+TEST_WORKERS ?= 2
+
 test: setup browser
-	$(PY) -m pytest -q --durations=25
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # every benchmark (about 25 min on 2 CPU cores; benchmark 7 builds 14 GB of 1B-shaped checkpoints under $BENCH_1B_DIR, default /tmp, and deletes them); rewrites benchmarks/results.md
 bench: setup smollm2

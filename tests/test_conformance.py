@@ -57,6 +57,9 @@ LIGHT = {
     "relearn": {"steps": [10], "retain_variant": False, "side_effect_items": 24},
     "leak_at_k": {"n": 16},
     "sae": {"scales": [1.0, 4.0]},
+    # one subject-replaced name per item for each attack's prior, not two (each is a scoring
+    # pass per attack, model and item set: the lens's largest cost)
+    "prompt_attacks": {"placeholders": 1},
 }
 
 
